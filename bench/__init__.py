@@ -1,0 +1,1 @@
+"""Benchmark harness: FIM cases, sandboxed scoring and text metrics."""

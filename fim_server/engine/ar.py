@@ -1,0 +1,201 @@
+"""Autoregressive FIM baseline: a PSM prompt, one prefill, then KV-cached decoding.
+
+    prompt            [bos] <fim_prefix> P <fim_suffix> S <fim_middle>, left-padded into a batch
+    prefill           one forward over the prompts -> logits of the first middle token
+    decode_one_token  one forward of every row's last token over the KV cache
+    loop              pick -> stop rules -> decode_one_token, at most max_tokens times
+
+All rows step together; a finished row is fed the pad token and its outputs are ignored.
+Position ids are the cumulative sum of the attention mask, so a row's tokens sit at the same
+positions whatever the padding: batch size 1 and batch N give the same tokens.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from transformers import DynamicCache
+
+from ..config import DecodeConfig
+from ..models.loader import LoadedModel
+from ..postprocess import line_complete, postprocess
+from .layout import fit_context
+from .types import InfillRequest, InfillResult, ShouldStop, Stats
+
+
+@dataclass
+class _Row:
+    """One request while it decodes."""
+
+    prompt: list[int]                               # PSM prompt ids, special tokens included
+    stats: Stats
+    ids: list[int] = field(default_factory=list)    # middle tokens so far (the end token excluded)
+    nfe: int = 0                                    # forwards whose logits this row used
+    stop_reason: str = ""                           # "" while running
+
+    @property
+    def done(self) -> bool:
+        return bool(self.stop_reason)
+
+    def finish(self, reason: str) -> None:
+        self.stop_reason = reason
+
+
+class AREngine:
+    kind = "ar"
+
+    def __init__(self, lm: LoadedModel):
+        if lm.family.is_diffusion:
+            raise ValueError(f"{lm.family.name} is a diffusion model; the AR engine needs a causal one")
+        self.lm = lm
+        self.model = lm.model
+        self.tok = lm.tokenizer
+        self.ids = lm.ids
+        self.end_ids = frozenset(self.ids.end_of_middle)
+        vocab = self.model.config.vocab_size          # width of the logits
+        self.banned = torch.zeros(vocab, dtype=torch.bool, device=lm.device)       # [V]
+        self.banned[[i for i in self.ids.banned if i < vocab]] = True
+        # embedding rows past the tokenizer (padded vocabularies) are no token at all
+        self.banned[len(self.tok):] = True
+        self.special_tokens = len(self.prompt([], []))
+        takes_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self.forward_kwargs = {"logits_to_keep": 1} if takes_keep else {}
+
+    # ---------------------------------------------------------------- public
+
+    def warmup(self) -> float:
+        t0 = time.perf_counter()
+        self.infill([InfillRequest("def f(x):\n    return ", "\n")], DecodeConfig(engine="ar", max_tokens=4))
+        return time.perf_counter() - t0
+
+    @torch.inference_mode()
+    def infill(self, requests: list[InfillRequest], config: DecodeConfig,
+               should_stop: Optional[ShouldStop] = None) -> list[InfillResult]:
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        rows = [self._start(r, config) for r in requests]
+        t1 = time.perf_counter()
+        self._generate(rows, config, should_stop)
+        decode_ms = (time.perf_counter() - t1) * 1000
+        encode_ms = (t1 - t0) * 1000 / len(rows)
+        return [self._result(row, req, config, encode_ms, decode_ms, t0) for row, req in zip(rows, requests)]
+
+    def prompt(self, prefix_ids: list[int], suffix_ids: list[int]) -> list[int]:
+        """PSM: [bos] <fim_prefix> prefix <fim_suffix> suffix <fim_middle>."""
+        bos = [self.ids.bos] if self.ids.bos is not None else []
+        return bos + [self.ids.fim_prefix, *prefix_ids, self.ids.fim_suffix, *suffix_ids, self.ids.fim_middle]
+
+    def budget(self, config: DecodeConfig) -> int:
+        """Tokens left for prefix + suffix once the middle and the special tokens have room."""
+        limit = config.context_tokens or self.lm.context_tokens
+        return limit - config.max_tokens - self.special_tokens
+
+    # ---------------------------------------------------------------- set-up and results
+
+    def _start(self, req: InfillRequest, config: DecodeConfig) -> _Row:
+        ctx = fit_context(self.tok, req.prefix, req.suffix, self.budget(config))
+        stats = Stats(engine="ar", cache="", truncated=ctx.truncated,
+                      prompt_tokens=len(ctx.prefix_ids) + len(ctx.suffix_ids))
+        return _Row(prompt=self.prompt(ctx.prefix_ids, ctx.suffix_ids), stats=stats)
+
+    def _result(self, row: _Row, req: InfillRequest, config: DecodeConfig, encode_ms: float,
+                decode_ms: float, t0: float) -> InfillResult:
+        text = postprocess(self.tok.decode(row.ids), req.prefix, req.suffix, config.single_line)
+        stats = row.stats
+        stats.nfe = stats.steps = row.nfe      # one token per forward
+        stats.tokens = len(row.ids)
+        stats.encode_ms = round(encode_ms, 3)
+        stats.decode_ms = round(decode_ms, 3)
+        stats.cancelled = row.stop_reason == "cancelled"
+        stats.stop_reason = row.stop_reason if text or stats.cancelled else "empty"
+        stats.latency_ms = round((time.perf_counter() - t0) * 1000, 3)
+        return InfillResult(text=text, stats=stats.finish(), token_ids=list(row.ids))
+
+    # ---------------------------------------------------------------- the loop
+
+    def _generate(self, rows: list[_Row], config: DecodeConfig, should_stop: Optional[ShouldStop]) -> None:
+        generator = None
+        if config.temperature > 0:
+            generator = torch.Generator(device=self.lm.device).manual_seed(config.seed)
+        self._poll(rows, should_stop)                 # requests may be cancelled before any forward
+        if all(r.done for r in rows):
+            return
+        input_ids, mask, positions = self._left_pad([r.prompt for r in rows])   # [B, T] each
+        cache = DynamicCache(config=self.model.config)
+        logits = self.prefill(input_ids, mask, positions, cache)                # [B, V]
+        for _ in range(config.max_tokens):
+            tokens = self.pick(logits, config, generator)                       # [B]
+            for row, token in zip(rows, tokens.tolist()):
+                if not row.done:
+                    row.nfe += 1
+                    self._take(row, token, config)
+            self._poll(rows, should_stop)
+            finished = torch.tensor([r.done for r in rows], device=tokens.device)  # [B]
+            if finished.all():
+                break
+            tokens = tokens.masked_fill(finished, self.ids.pad)                 # [B]
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)        # [B, T + step + 1]
+            positions = positions[:, -1:] + 1                                   # [B, 1]
+            logits = self.decode_one_token(tokens[:, None], mask, positions, cache)   # [B, V]
+        for row in rows:
+            if not row.done:      # unreachable: max_tokens steps fill every row; kept as a guard
+                row.finish("length")
+
+    def prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                cache: DynamicCache) -> torch.Tensor:
+        """Whole prompts [B, T] -> logits of the first middle token [B, V]; fills the cache."""
+        return self._forward(input_ids, mask, positions, cache)
+
+    def decode_one_token(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                         cache: DynamicCache) -> torch.Tensor:
+        """Last tokens [B, 1] over the cache (mask [B, past + 1]) -> next-token logits [B, V]."""
+        return self._forward(tokens, mask, positions, cache)
+
+    def _forward(self, input_ids, mask, positions, cache) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True, **self.forward_kwargs)
+        return out.logits[:, -1]                                                # [B, V]
+
+    def pick(self, logits: torch.Tensor, config: DecodeConfig,
+             generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Next token per row [B]: argmax, or a sample at config.temperature; banned ids never."""
+        logits = logits.float().masked_fill(self.banned, float("-inf"))        # [B, V]
+        if config.temperature == 0:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits / config.temperature, dim=-1)              # [B, V]
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    def _take(self, row: _Row, token: int, config: DecodeConfig) -> None:
+        """Record one token of a running row and apply its stop rules."""
+        if token in self.end_ids:
+            return row.finish("end")            # cut there: the end token is not part of the middle
+        row.ids.append(token)
+        if config.single_line and line_complete(self.tok.decode(row.ids)):
+            return row.finish("line")
+        if len(row.ids) >= config.max_tokens:
+            return row.finish("length")
+
+    @staticmethod
+    def _poll(rows: list[_Row], should_stop: Optional[ShouldStop]) -> None:
+        running = [i for i, r in enumerate(rows) if not r.done]
+        if should_stop is None or not running:
+            return
+        for i in set(should_stop(running)) & set(running):
+            rows[i].finish("cancelled")
+
+    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompts -> input ids, attention mask and position ids, each [B, T], left-padded."""
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.ids.pad, dtype=torch.long)   # [B, T]
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)                      # [B, T]
+        for b, p in enumerate(prompts):
+            input_ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[b, width - len(p):] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)                                 # [B, T]
+        dev = self.lm.device
+        return input_ids.to(dev), mask.to(dev), positions.to(dev)

@@ -1,0 +1,141 @@
+"""One request's decoding state: [lead][canvas][suffix], the active block, and its stop rules.
+
+lead   = optional BOS + prefix ids (everything left of the middle)
+canvas = the middle being decoded: committed ids and mask ids; under the expand/delete policy
+         its length changes as expand slots become two masks and delete slots disappear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..models.family import TokenIds
+from .kv import RowKV
+
+
+@dataclass
+class Canvas:
+    lead: list[int]
+    canvas: list[int]
+    suffix: list[int]
+    ids: TokenIds
+    expand_policy: bool            # True: DreamOn expand/delete; False: fixed canvas, cut at end token
+    max_tokens: int
+    block_size: int
+    block_start: int = 0
+    block_end: int = 0
+    steps_in_block: int = 0
+    kv: Optional[RowKV] = None     # cache captured at the last refresh (None: refresh next step)
+    stale: bool = False            # cached positions moved (expand/delete) since the refresh
+    done: bool = False
+    stop_reason: str = ""
+    nfe: int = 0
+    steps: int = 0
+
+    def __post_init__(self) -> None:
+        self.block_end = min(self.block_size, len(self.canvas))
+
+    # ---- geometry (layout indices) -------------------------------------------------
+
+    def layout(self) -> list[int]:
+        return self.lead + self.canvas + self.suffix
+
+    def window(self, shifted: bool) -> tuple[int, int]:
+        """Layout range [ws, we) whose outputs predict the active block's canvas positions."""
+        s = 1 if shifted else 0
+        off = len(self.lead)
+        return off + self.block_start - s, off + self.block_end - s
+
+    def query_range(self, mode: str, shifted: bool) -> tuple[int, int]:
+        """Positions a cached step recomputes: the window (dual) or everything from it on (prefix)."""
+        ws, we = self.window(shifted)
+        return (ws, we) if mode == "dual" else (ws, len(self.lead) + len(self.canvas) + len(self.suffix))
+
+    def kept_positions(self, mode: str, shifted: bool) -> list[int]:
+        """Positions whose KV a refresh stores: the complement of the query range."""
+        qs, qe = self.query_range(mode, shifted)
+        n = len(self.lead) + len(self.canvas) + len(self.suffix)
+        return list(range(0, qs)) + list(range(qe, n))
+
+    def needs_refresh(self, refresh_every: int) -> bool:
+        periodic = refresh_every > 0 and self.steps_in_block % refresh_every == 0
+        return self.kv is None or self.stale or periodic
+
+    # ---- state ---------------------------------------------------------------------
+
+    def block_masked(self) -> list[bool]:
+        return [t == self.ids.mask for t in self.canvas[self.block_start:self.block_end]]
+
+    def may_expand(self) -> bool:
+        return self.expand_policy and self.ids.expand is not None and len(self.canvas) < self.max_tokens
+
+    def commit(self, positions: list[int], tokens: list[int], mode: str) -> None:
+        """Write tokens at block-relative positions, then apply expand/delete edits."""
+        for i, tok in zip(positions, tokens):
+            self.canvas[self.block_start + i] = tok
+        if self.expand_policy:
+            self._apply_edits(sorted(positions, reverse=True), mode)
+        self.steps += 1
+        self.steps_in_block += 1
+
+    def _apply_edits(self, positions_desc: list[int], mode: str) -> None:
+        # right to left so earlier block indices stay valid while the canvas changes length
+        for i in positions_desc:
+            j = self.block_start + i
+            tok = self.canvas[j]
+            if tok == self.ids.expand and self.ids.expand is not None:
+                self.canvas[j:j + 1] = [self.ids.mask, self.ids.mask]
+                self.block_end += 1
+            elif tok == self.ids.delete and self.ids.delete is not None:
+                del self.canvas[j]
+                self.block_end -= 1
+            else:
+                continue
+            if mode == "dual":
+                self.stale = True          # the suffix moved: its cached KV has the wrong positions
+
+    def first_mask(self) -> int:
+        try:
+            return self.canvas.index(self.ids.mask)
+        except ValueError:
+            return len(self.canvas)
+
+    def end_index(self) -> Optional[int]:
+        """Fixed policy: index of the first end token, if everything before it is decided."""
+        if self.expand_policy:
+            return None
+        settled = self.first_mask()
+        for j, tok in enumerate(self.canvas[:settled]):
+            if tok in self.ids.end_of_middle:
+                return j
+        return None
+
+    def advance_block(self) -> None:
+        """Move to the next block once the active one has no masks left."""
+        if any(self.block_masked()):
+            return
+        self.block_start = self.block_end
+        self.block_end = min(self.block_start + self.block_size, len(self.canvas))
+        self.steps_in_block = 0
+        self.kv = None
+        self.stale = False
+
+    def finish(self, reason: str) -> None:
+        self.done = True
+        self.stop_reason = reason
+        self.kv = None
+
+    def middle_ids(self) -> list[int]:
+        """The decoded middle: settled tokens, cut at the end token, masks and edit tokens dropped."""
+        ids = self.canvas
+        end = self.end_index()
+        if end is not None:
+            ids = ids[:end]
+        drop = {self.ids.mask, self.ids.expand, self.ids.delete, *self.ids.end_of_middle}
+        return [t for t in ids if t not in drop]
+
+    def settled_ids(self) -> list[int]:
+        """Tokens up to the first mask: what single-line mode can already judge."""
+        drop = {self.ids.expand, self.ids.delete, *self.ids.end_of_middle}
+        return [t for t in self.canvas[:self.first_mask()] if t not in drop]

@@ -1,0 +1,220 @@
+"""Diffusion FIM engine: lay out [prefix][masked middle][suffix] and decode the middle with
+confidence-based parallel unmasking, block by block, reusing prefix/suffix KV.
+
+One step, for every running row of the batch:
+  1. predict   logits for the row's active block: a full forward (cache "none", block start,
+               refresh) or a forward of only the active positions over the row's cached KV
+  2. propose   a token and its confidence at each block position (greedy or sampled)
+  3. select    the unmask rule picks positions to commit (>= 1 per row)
+  4. commit    write them; expand/delete edits change the canvas; check the stop rules
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+from transformers import DynamicCache
+
+from ..config import DecodeConfig
+from ..models.loader import LoadedModel
+from ..postprocess import line_complete, postprocess
+from .canvas import Canvas
+from .kv import RowKV, assemble
+from .layout import fit_context
+from .types import InfillRequest, InfillResult, ShouldStop, Stats
+from .unmask import make_rule
+
+
+class DiffusionEngine:
+    kind = "diffusion"
+
+    def __init__(self, lm: LoadedModel):
+        if not lm.family.is_diffusion:
+            raise ValueError(f"{lm.family.name} is not a diffusion model")
+        self.lm = lm
+        self.model = lm.model
+        self.tok = lm.tokenizer
+        self.ids = lm.ids
+        self.shifted = lm.family.shifted
+        vocab = self.model.config.vocab_size
+        self.banned = torch.zeros(vocab, dtype=torch.bool, device=lm.device)     # [V]
+        self.banned[[i for i in self.ids.banned if i < vocab]] = True
+
+    # ---------------------------------------------------------------- public
+
+    def warmup(self) -> float:
+        t0 = time.perf_counter()
+        self.infill([InfillRequest("def f(x):\n    return ", "\n")], DecodeConfig(max_tokens=8))
+        return time.perf_counter() - t0
+
+    @torch.inference_mode()
+    def infill(self, requests: list[InfillRequest], config: DecodeConfig,
+               should_stop: Optional[ShouldStop] = None) -> list[InfillResult]:
+        t0 = time.perf_counter()
+        rows, stats = zip(*(self._start(r, config) for r in requests)) if requests else ((), ())
+        t1 = time.perf_counter()
+        for s in stats:
+            s.encode_ms = round((t1 - t0) * 1000 / len(requests), 3)
+        self._decode(list(rows), config, should_stop)
+        decode_ms = (time.perf_counter() - t1) * 1000
+        return [self._result(row, req, st, config, decode_ms, t0)
+                for row, req, st in zip(rows, requests, stats)]
+
+    # ---------------------------------------------------------------- set-up and results
+
+    def expand_policy(self, config: DecodeConfig) -> bool:
+        has_tokens = self.ids.expand is not None and self.ids.delete is not None
+        if config.length == "expand" and not has_tokens:
+            raise ValueError(f"{self.lm.family.name} has no expand/delete tokens; use length=fixed")
+        return config.length == "expand" or (config.length == "auto" and has_tokens)
+
+    def _start(self, req: InfillRequest, config: DecodeConfig) -> tuple[Canvas, Stats]:
+        expand = self.expand_policy(config)
+        limit = config.context_tokens or self.lm.context_tokens
+        bos = [self.ids.bos] if self.ids.bos is not None else []
+        ctx = fit_context(self.tok, req.prefix, req.suffix, limit - config.max_tokens - len(bos) - 1)
+        lead = bos + ctx.prefix_ids
+        if self.shifted and not lead:
+            lead = [self.ids.pad]        # shifted logits need a position before the first middle token
+        size = min(config.initial_length, config.max_tokens) if expand else config.max_tokens
+        row = Canvas(lead=lead, canvas=[self.ids.mask] * size, suffix=ctx.suffix_ids, ids=self.ids,
+                     expand_policy=expand, max_tokens=config.max_tokens, block_size=config.block_size)
+        stats = Stats(engine="diffusion", cache=config.cache, truncated=ctx.truncated,
+                      prompt_tokens=len(ctx.prefix_ids) + len(ctx.suffix_ids))
+        return row, stats
+
+    def _result(self, row: Canvas, req: InfillRequest, stats: Stats, config: DecodeConfig,
+                decode_ms: float, t0: float) -> InfillResult:
+        ids = row.middle_ids()
+        raw = self.tok.decode(ids)
+        text = postprocess(raw, req.prefix, req.suffix, config.single_line)
+        stats.nfe, stats.steps, stats.tokens = row.nfe, row.steps, len(ids)
+        stats.decode_ms = round(decode_ms, 3)
+        stats.cancelled = row.stop_reason == "cancelled"
+        stats.stop_reason = row.stop_reason if text or row.stop_reason == "cancelled" else "empty"
+        stats.latency_ms = round((time.perf_counter() - t0) * 1000, 3)
+        return InfillResult(text=text, stats=stats.finish(), token_ids=ids)
+
+    # ---------------------------------------------------------------- the loop
+
+    def _decode(self, rows: list[Canvas], config: DecodeConfig, should_stop: Optional[ShouldStop]) -> None:
+        rule = make_rule(config)
+        generator = torch.Generator(device=self.lm.device).manual_seed(config.seed)
+        for _ in range(config.step_cap):
+            running = [i for i, r in enumerate(rows) if not r.done]
+            if should_stop and running:
+                for i in should_stop(running):
+                    rows[i].finish("cancelled")
+            active = [rows[i] for i in running if not rows[i].done]
+            if not active:
+                return
+            logits, in_block = self._predict(active, config)                    # [B, L, V], [B, L]
+            tokens, conf = self._propose(logits, active, config, generator)     # [B, L] each
+            masked = self._masked(active, in_block)                             # [B, L]
+            commit = rule.select(conf, masked)                                  # [B, L]
+            for b, row in enumerate(active):
+                row.nfe += 1
+                pos = commit[b].nonzero().flatten().tolist()
+                row.commit(pos, tokens[b, pos].tolist(), config.cache)
+                self._check_stop(row, config)
+        for row in rows:
+            if not row.done:
+                row.finish("steps")
+
+    def _check_stop(self, row: Canvas, config: DecodeConfig) -> None:
+        if row.end_index() is not None:
+            return row.finish("end")
+        if row.first_mask() == len(row.canvas):
+            return row.finish("end" if len(row.canvas) < config.max_tokens else "length")
+        if config.single_line and line_complete(self.tok.decode(row.settled_ids())):
+            return row.finish("line")
+        row.advance_block()
+
+    def _masked(self, rows: list[Canvas], in_block: torch.Tensor) -> torch.Tensor:
+        masked = torch.zeros_like(in_block)
+        for b, row in enumerate(rows):
+            flags = row.block_masked()
+            masked[b, :len(flags)] = torch.tensor(flags, dtype=torch.bool)
+        return masked & in_block
+
+    def _propose(self, logits: torch.Tensor, rows: list[Canvas], config: DecodeConfig,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token and confidence per block position: [B, L] each."""
+        logits = logits.float().masked_fill(self.banned, float("-inf"))         # [B, L, V]
+        if self.ids.expand is not None:
+            no_expand = torch.tensor([not r.may_expand() for r in rows], device=logits.device)
+            logits[no_expand, :, self.ids.expand] = float("-inf")
+        if config.temperature > 0:
+            probs = torch.softmax(logits / config.temperature, dim=-1)
+            flat = torch.multinomial(probs.flatten(0, 1), 1, generator=generator)   # [B*L, 1]
+            tokens = flat.view(probs.shape[:2])
+            conf = probs.gather(-1, tokens[..., None]).squeeze(-1)
+        else:
+            conf, tokens = torch.softmax(logits, dim=-1).max(dim=-1)
+        return tokens, conf
+
+    # ---------------------------------------------------------------- forwards
+
+    def _predict(self, rows: list[Canvas], config: DecodeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits for each row's active block, right-padded: [B, Lmax, V] and validity [B, Lmax]."""
+        full = [r for r in rows if config.cache == "none" or r.needs_refresh(config.refresh_every)]
+        cached = [r for r in rows if r not in full]
+        per_row: dict[int, torch.Tensor] = {}
+        if full:
+            per_row.update(self._full_forward(full, capture=config.cache != "none", mode=config.cache))
+        if cached:
+            per_row.update(self._cached_forward(cached, config.cache))
+        blocks = [per_row[id(r)] for r in rows]
+        width = max(b.shape[0] for b in blocks)
+        logits = blocks[0].new_zeros((len(rows), width, blocks[0].shape[-1]))
+        in_block = torch.zeros((len(rows), width), dtype=torch.bool, device=logits.device)
+        for b, block in enumerate(blocks):
+            logits[b, :block.shape[0]] = block
+            in_block[b, :block.shape[0]] = True
+        return logits, in_block
+
+    def _forward(self, ids: list[list[int]], positions: list[list[int]], cache=None, key_valid=None):
+        """One forward of right-padded rows with bidirectional attention over cache + queries."""
+        dev = self.lm.device
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), self.ids.pad, dtype=torch.long, device=dev)    # [B, Q]
+        pos = torch.zeros((len(ids), width), dtype=torch.long, device=dev)                       # [B, Q]
+        q_valid = torch.zeros((len(ids), width), dtype=torch.bool, device=dev)                   # [B, Q]
+        for b, (x, p) in enumerate(zip(ids, positions)):
+            input_ids[b, :len(x)] = torch.tensor(x, device=dev)
+            pos[b, :len(p)] = torch.tensor(p, device=dev)
+            q_valid[b, :len(x)] = True
+        keys = q_valid if key_valid is None else torch.cat([key_valid, q_valid], dim=1)          # [B, K+Q]
+        mask = keys[:, None, None, :].expand(-1, 1, width, -1)                                  # [B, 1, Q, K+Q]
+        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos,
+                          past_key_values=cache, use_cache=cache is not None)
+
+    def _full_forward(self, rows: list[Canvas], capture: bool, mode: str) -> dict[int, torch.Tensor]:
+        layouts = [r.layout() for r in rows]
+        cache = DynamicCache(config=self.model.config) if capture else None
+        out = self._forward(layouts, [list(range(len(x))) for x in layouts], cache=cache)
+        result = {}
+        for b, row in enumerate(rows):
+            ws, we = row.window(self.shifted)
+            result[id(row)] = out.logits[b, ws:we]                                  # [L, V]
+            if capture:
+                keep = torch.tensor(row.kept_positions(mode, self.shifted), dtype=torch.long, device=self.lm.device)
+                row.kv = RowKV.capture(out.past_key_values, b, keep)
+                row.stale = False
+        return result
+
+    def _cached_forward(self, rows: list[Canvas], mode: str) -> dict[int, torch.Tensor]:
+        cache, key_valid = assemble([r.kv for r in rows], self.model.config)
+        ids, positions = [], []
+        for row in rows:
+            qs, qe = row.query_range(mode, self.shifted)
+            ids.append(row.layout()[qs:qe])
+            positions.append(list(range(qs, qe)))
+        out = self._forward(ids, positions, cache=cache, key_valid=key_valid)
+        result = {}
+        for b, row in enumerate(rows):
+            ws, we = row.window(self.shifted)
+            result[id(row)] = out.logits[b, :we - ws]           # the window leads the query range
+        return result

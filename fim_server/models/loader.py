@@ -1,0 +1,101 @@
+"""Load a checkpoint (bundled, local directory or hub id) with its tokenizer and family."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from .family import Family, TokenIds, detect_family, resolve_tokens
+
+log = logging.getLogger(__name__)
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"
+BUNDLED = {"diffusion": "fim-tiny-dlm", "ar": "fim-tiny-ar"}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    family: Family
+    ids: TokenIds
+    source: str                      # what was asked for (path or hub id)
+    device: torch.device
+    dtype: torch.dtype
+    context_tokens: int              # prefix + middle + suffix budget
+
+    @property
+    def name(self) -> str:
+        return f"{self.family.name}:{self.source}"
+
+
+def pick_device(device: Optional[str] = None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available")
+    return dev
+
+
+def pick_dtype(device: torch.device, dtype: Optional[str] = None) -> torch.dtype:
+    if dtype:
+        table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+                 "float64": torch.float64}
+        if dtype not in table:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(table)}")
+        return table[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def bundled_path(kind: str) -> Path:
+    """The packaged model of one kind ("diffusion" or "ar")."""
+    return BUNDLED_DIR / BUNDLED[kind]
+
+
+def resolve_source(name_or_path: Optional[str], kind: str) -> str:
+    """None or "bundled" -> the packaged model of this kind; otherwise the path / hub id as given."""
+    if name_or_path in (None, "", "bundled"):
+        path = bundled_path(kind)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(
+                f"the bundled {kind} model is missing at {path}; train it with "
+                f"`fim-server train --objective {kind}` or pass --model"
+            )
+        return str(path)
+    return name_or_path
+
+
+def load_model(
+    name_or_path: Optional[str] = None,
+    kind: str = "diffusion",
+    family: Optional[str] = None,
+    device: Optional[str] = None,
+    dtype: Optional[str] = None,
+) -> LoadedModel:
+    """from_pretrained on a local directory or a hub id; the family is declared or detected."""
+    source = resolve_source(name_or_path, kind)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dev, dtype)
+    config = AutoConfig.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    fam = detect_family(config.model_type, tokenizer.get_vocab(), family or getattr(config, "fim_family", None))
+    if fam.kind != kind:
+        raise ValueError(f"{source} is a {fam.kind} model ({fam.name}); the {kind} engine cannot run it")
+    ids = resolve_tokens(fam, tokenizer.get_vocab(), tokenizer.pad_token_id)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    model.to(dev).eval()
+    limit = getattr(config, "fim_context_tokens", None) or min(
+        fam.context_tokens, getattr(config, "max_position_embeddings", fam.context_tokens))
+    log.info("loaded %s (%s) on %s in %s", source, fam.name, dev, torch_dtype)
+    return LoadedModel(model=model, tokenizer=tokenizer, family=fam, ids=ids, source=source,
+                       device=dev, dtype=torch_dtype, context_tokens=int(limit))

@@ -1,0 +1,320 @@
+"""The recipe that trains the bundled twins: one tokenizer, one architecture, one data stream,
+two objectives.
+
+  diffusion: bidirectional Qwen2, masked middle with DreamOn-style length tokens. A canvas slot
+             whose label is <|expand|> stands for two or more middle tokens (adjacent masked
+             slots merged); trailing slots labelled <|delete|> stand for nothing. Loss: cross
+             entropy on masked slots, predicted at their own position (no shift).
+  ar:        causal Qwen2 on PSM sequences <|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>M<|endoftext|>,
+             loss on every token (the usual FIM language-model objective).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
+
+from .data import ExampleSampler, collect_sources, iter_texts
+from .models.family import BUNDLED_SPECIAL_TOKENS
+from .models.random_init import train_bpe, wrap_tokenizer
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    objective: str = "diffusion"     # diffusion | ar
+    out: str = "runs/diffusion"      # checkpoints and the final model
+    tokenizer: str = "runs/tokenizer"  # built here from the training data when missing
+    vocab_size: int = 4096
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    intermediate: int = 768
+    seq_len: int = 256               # tokens per training sequence (= the models' context budget)
+    max_middle: int = 64             # middle tokens per FIM example (the inference canvas cap)
+    batch: int = 16
+    steps: int = 3000
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.1
+    mdlm_fraction: float = 0.25      # diffusion: share of plain masked-LM windows (no FIM split)
+    seed: int = 0
+    threads: int = 0                 # torch CPU threads; 0 = torch's default
+    save_every: int = 250
+    eval_every: int = 250
+    device: str = "auto"
+
+
+# ---------------------------------------------------------------- tokenizer
+
+def build_tokenizer(cfg: TrainConfig, train_sources) -> PreTrainedTokenizerFast:
+    path = Path(cfg.tokenizer)
+    if (path / "tokenizer.json").exists():
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    tok = train_bpe(iter_texts(train_sources), cfg.vocab_size, list(BUNDLED_SPECIAL_TOKENS))
+    fast = wrap_tokenizer(tok, list(BUNDLED_SPECIAL_TOKENS), eos="<|endoftext|>", bos=None)
+    fast.save_pretrained(path)
+    return fast
+
+
+class Specials:
+    def __init__(self, tok: PreTrainedTokenizerFast):
+        v = tok.get_vocab()
+        self.eot, self.pre, self.suf, self.mid = v["<|endoftext|>"], v["<|fim_prefix|>"], v["<|fim_suffix|>"], v["<|fim_middle|>"]
+        self.mask, self.expand, self.delete = v["<|mask|>"], v["<|expand|>"], v["<|delete|>"]
+
+
+# ---------------------------------------------------------------- batches
+
+IGNORE = -100
+
+
+def encode_split(tok, split, cfg: TrainConfig, room: int):
+    """Token ids of prefix / middle / suffix, trimmed so that prefix + suffix <= room."""
+    p, m, s = (e.ids for e in tok._tokenizer.encode_batch([split.prefix, split.middle, split.suffix], add_special_tokens=False))
+    if not m or len(m) > cfg.max_middle:
+        return None
+    keep_p = min(len(p), max(room - len(s), (3 * room) // 4))
+    keep_s = min(len(s), room - keep_p)
+    keep_p = min(len(p), room - keep_s)
+    return p[len(p) - keep_p:] if keep_p else [], m, s[:keep_s]
+
+
+def ar_example(tok, sp: Specials, sampler: ExampleSampler, cfg: TrainConfig):
+    while True:
+        parts = encode_split(tok, sampler.split(), cfg, cfg.seq_len - len(_middle_room(cfg)) - 4)
+        if parts:
+            break
+    p, m, s = parts
+    ids = [sp.pre] + p + [sp.suf] + s + [sp.mid] + m + [sp.eot]
+    labels = ids[1:] + [IGNORE]
+    return ids, labels
+
+
+def _middle_room(cfg: TrainConfig) -> range:
+    return range(cfg.max_middle + 16)    # room for the middle plus trailing delete slots
+
+
+def diffusion_canvas(m: list[int], sp: Specials, rng: random.Random):
+    """Noisy canvas and labels for a middle m: returns (inputs, labels) over the slots."""
+    t = rng.uniform(0.05, 1.0)
+    slots = [[tok, rng.random() < t] for tok in m]         # [label, masked]
+    if not any(masked for _, masked in slots):
+        slots[rng.randrange(len(slots))][1] = True
+    roll = rng.random()
+    if roll < 0.35:                                           # canvas too short: merge masked neighbours
+        for _ in range(rng.randint(1, max(1, len(slots) - 1))):
+            pairs = [i for i in range(len(slots) - 1) if slots[i][1] and slots[i + 1][1]]
+            if not pairs:
+                break
+            i = rng.choice(pairs)
+            slots[i:i + 2] = [[sp.expand, True]]
+    elif roll < 0.7:                                          # canvas too long: trailing deletes
+        slots += [[sp.delete, True] for _ in range(rng.randint(1, 16))]
+    inputs = [sp.mask if masked else tok for tok, masked in slots]
+    labels = [tok if masked else IGNORE for tok, masked in slots]
+    return inputs, labels
+
+
+def diffusion_example(tok, sp: Specials, sampler: ExampleSampler, cfg: TrainConfig, rng: random.Random):
+    if rng.random() < cfg.mdlm_fraction:                    # plain masked LM on a window
+        ids = tok._tokenizer.encode(sampler.window(), add_special_tokens=False).ids[:cfg.seq_len]
+        t = rng.uniform(0.05, 1.0)
+        masked = [rng.random() < t for _ in ids]
+        inputs = [sp.mask if mk else i for i, mk in zip(ids, masked)]
+        labels = [i if mk else IGNORE for i, mk in zip(ids, masked)]
+        return inputs, labels
+    while True:
+        parts = encode_split(tok, sampler.split(), cfg, cfg.seq_len - len(_middle_room(cfg)))
+        if parts:
+            break
+    p, m, s = parts
+    canvas, canvas_labels = diffusion_canvas(m, sp, rng)
+    inputs = p + canvas + s
+    labels = [IGNORE] * len(p) + canvas_labels + [IGNORE] * len(s)
+    return inputs, labels
+
+
+def collate(examples, pad: int):
+    """Right-padded [B, T] inputs, labels and key-valid mask."""
+    T = max(len(x) for x, _ in examples)
+    ids = torch.full((len(examples), T), pad, dtype=torch.long)
+    labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)
+    valid = torch.zeros((len(examples), T), dtype=torch.bool)
+    for b, (x, y) in enumerate(examples):
+        ids[b, :len(x)] = torch.tensor(x)
+        labels[b, :len(y)] = torch.tensor(y)
+        valid[b, :len(x)] = True
+    return ids, labels, valid
+
+
+class Batches:
+    def __init__(self, tok, sources, cfg: TrainConfig, seed: int):
+        self.tok, self.cfg = tok, cfg
+        self.sp = Specials(tok)
+        self.sampler = ExampleSampler(sources, seed)
+        self.rng = random.Random(seed + 1)
+
+    def next(self):
+        if self.cfg.objective == "ar":
+            ex = [ar_example(self.tok, self.sp, self.sampler, self.cfg) for _ in range(self.cfg.batch)]
+        else:
+            ex = [diffusion_example(self.tok, self.sp, self.sampler, self.cfg, self.rng) for _ in range(self.cfg.batch)]
+        return collate(ex, self.sp.eot)
+
+
+# ---------------------------------------------------------------- model and loss
+
+def build_model(cfg: TrainConfig, tok) -> torch.nn.Module:
+    family = "fim-tiny-dlm" if cfg.objective == "diffusion" else "fim-tiny-ar"
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
+        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
+        max_position_embeddings=1024, tie_word_embeddings=True, rope_theta=10000.0,
+        bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    config.fim_family = family
+    config.fim_context_tokens = cfg.seq_len
+    return AutoModelForCausalLM.from_config(config)
+
+
+def loss_on(model, ids, labels, valid, objective: str) -> torch.Tensor:
+    if objective == "diffusion":
+        mask = valid[:, None, None, :].expand(-1, 1, ids.shape[1], -1)     # [B, 1, T, T] bidirectional
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    else:
+        logits = model(input_ids=ids, attention_mask=valid.long()).logits
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+# ---------------------------------------------------------------- loop
+
+def save(model, tok, opt, step: int, out: Path, log: dict) -> None:
+    tmp = out / "checkpoint.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    torch.save({"opt": opt.state_dict(), "step": step, "rng": torch.get_rng_state()}, tmp / "train_state.pt")
+    (tmp / "train_log.json").write_text(json.dumps(log, indent=1))
+    final = out / "checkpoint"
+    if final.exists():
+        old = out / "checkpoint.old"
+        final.rename(old)
+        tmp.rename(final)
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    else:
+        tmp.rename(final)
+
+
+@torch.no_grad()
+def held_out_loss(model, batches: list, objective: str) -> float:
+    model.eval()
+    losses = [loss_on(model, *b, objective).item() for b in batches]
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def train(cfg: TrainConfig) -> Path:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if cfg.device == "auto" else cfg.device))
+    train_src, held_src, report = collect_sources()
+    print(f"data: {report}")
+    tok = build_tokenizer(cfg, train_src)
+    model = build_model(cfg, tok).to(dev)
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = {"config": asdict(cfg), "data": report, "params": n_params, "history": [], "started": time.time()}
+    start = 0
+    state_file = out / "checkpoint" / "train_state.pt"
+    if state_file.exists():                                   # resume
+        model = AutoModelForCausalLM.from_pretrained(out / "checkpoint").to(dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+        state = torch.load(state_file, weights_only=False)
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+        log = json.loads((out / "checkpoint" / "train_log.json").read_text())
+        print(f"resuming from step {start}")
+    batches = Batches(tok, train_src, cfg, cfg.seed + start)
+    held = Batches(tok, held_src, cfg, 12345)
+    held_batches = [tuple(t.to(dev) for t in held.next()) for _ in range(4)]
+    model.train()
+    tokens_per_step = cfg.batch * cfg.seq_len
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.objective}",
+               mininterval=5)
+    t0, loss_ema = time.time(), None
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        ids, labels, valid = (t.to(dev) for t in batches.next())
+        loss = loss_on(model, ids, labels, valid, cfg.objective)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{lr_at(step, cfg):.1e}")
+        if step == start + 9:
+            per_step = (time.time() - t0) / 10
+            print(f"\nestimate: {per_step:.2f} s/step -> {per_step * (cfg.steps - step) / 60:.0f} min "
+                  f"for the remaining {cfg.steps - step} steps on {dev} ({n_params / 1e6:.1f}M params)")
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            log["history"].append({"step": done, "train_loss": round(loss_ema, 4),
+                                   "held_out_loss": round(held_out_loss(model, held_batches, cfg.objective), 4),
+                                   "tokens_seen": done * tokens_per_step, "elapsed_s": round(time.time() - t0)})
+            tqdm.write(json.dumps(log["history"][-1]))
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            log["hardware"] = hardware(dev)
+            save(model, tok, opt, done, out, log)
+    final = out / "final"
+    final.mkdir(exist_ok=True)
+    model.save_pretrained(final)
+    tok.save_pretrained(final)
+    (final / "train_log.json").write_text(json.dumps(log, indent=1))
+    return final
+
+
+def hardware(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    for field, default in asdict(TrainConfig()).items():
+        p.add_argument("--" + field.replace("_", "-"), type=type(default), default=default)
+
+
+def main(args: argparse.Namespace) -> int:
+    names = asdict(TrainConfig()).keys()
+    cfg = TrainConfig(**{k: getattr(args, k) for k in names})
+    if cfg.objective not in ("diffusion", "ar"):
+        raise SystemExit("--objective must be diffusion or ar")
+    path = train(cfg)
+    print(f"model written to {path}")
+    return 0
