@@ -128,16 +128,16 @@ class AREngine:
         input_ids, mask, positions = self._left_pad([r.prompt for r in rows])   # [B, T] each
         cache = DynamicCache(config=self.model.config)
         logits = self.prefill(input_ids, mask, positions, cache)                # [B, V]
-        for _ in range(config.max_tokens):
+        for step in range(config.max_tokens):
             tokens = self.pick(logits, config, generator)                       # [B]
             for row, token in zip(rows, tokens.tolist()):
                 if not row.done:
                     row.nfe += 1
                     self._take(row, token, config)
             self._poll(rows, should_stop)
-            finished = torch.tensor([r.done for r in rows], device=tokens.device)  # [B]
-            if finished.all():
+            if all(r.done for r in rows):
                 break
+            finished = torch.tensor([r.done for r in rows], device=tokens.device)  # [B]
             tokens = tokens.masked_fill(finished, self.ids.pad)                 # [B]
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)        # [B, T + step + 1]
             positions = positions[:, -1:] + 1                                   # [B, 1]

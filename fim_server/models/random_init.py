@@ -108,9 +108,12 @@ def build_random_checkpoint(out_dir: str | Path, family_name: str = "fim-tiny-dl
     fast.save_pretrained(out)
     torch.manual_seed(seed)
     config = random_config(family, len(fast), hidden=hidden, layers=layers,
-                           bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-                           pad_token_id=fast.pad_token_id)
+                           bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
     model = AutoModelForCausalLM.from_config(config)
+    # pad only after construction: as the embedding's padding_idx it would zero that row, and
+    # the pad token here is <|endoftext|>, an end-of-middle token the model must be able to emit
+    model.config.pad_token_id = fast.pad_token_id
+    model.generation_config.pad_token_id = fast.pad_token_id
     model.save_pretrained(out)
     (out / "RANDOM_WEIGHTS.txt").write_text(
         f"Randomly initialised {family.name} ({config.model_type}) with seed {seed}: not a trained model.\n")

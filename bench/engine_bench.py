@@ -1,0 +1,93 @@
+"""Engine benchmark (not a test): NFE, tokens per forward and latency for the diffusion engine
+with cache none / prefix / dual and for the AR baseline, on the same inputs, in one run.
+
+    python -m bench.engine_bench [--n 24] [--model DIR] [--ar-model DIR] [--out bench/results/engine.json]
+
+Cases are cut reproducibly from the standard-library modules held out of training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from bench.machine import describe, one_line
+from bench.metrics import edit_similarity, exact_match
+from bench.repo_cases import SourceFile, sample_cases
+from fim_server.config import DecodeConfig
+from fim_server.data import collect_sources
+from fim_server.engine import InfillRequest, load_engine
+
+
+def held_out_cases(n: int, seed: int):
+    _, held, _ = collect_sources()
+    sources = [SourceFile(s.path, s.text) for s in held]
+    return sample_cases(sources, n, seed, kinds=("line", "block", "midline"), suite="stdlib-held-out")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_setting(engine, cases, config: DecodeConfig, name: str) -> dict:
+    rows = []
+    for case in tqdm(cases, desc=name, leave=False):
+        t0 = time.perf_counter()
+        res = engine.infill([InfillRequest(case.prefix, case.suffix, case.id)], config)[0]
+        wall = (time.perf_counter() - t0) * 1000
+        rows.append({"nfe": res.stats.nfe, "tokens": res.stats.tokens, "latency_ms": wall,
+                     "em": exact_match(res.text, case.middle), "es": edit_similarity(res.text, case.middle)})
+    nfe = sum(r["nfe"] for r in rows)
+    tokens = sum(r["tokens"] for r in rows)
+    lat = [r["latency_ms"] for r in rows]
+    return {"setting": name, "cases": len(rows), "nfe_mean": nfe / len(rows),
+            "tokens_per_forward": tokens / nfe if nfe else 0.0, "tokens_mean": tokens / len(rows),
+            "latency_p50_ms": percentile(lat, 0.5), "latency_p95_ms": percentile(lat, 0.95),
+            "latency_mean_ms": statistics.fmean(lat),
+            "exact_match": statistics.fmean(r["em"] for r in rows),
+            "edit_similarity": statistics.fmean(r["es"] for r in rows)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None)
+    p.add_argument("--ar-model", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--out", default="bench/results/engine.json")
+    args = p.parse_args()
+
+    cases = held_out_cases(args.n, args.seed)
+    dlm = load_engine("diffusion", args.model, device=args.device)
+    ar = load_engine("ar", args.ar_model, device=args.device)
+    dlm.warmup(), ar.warmup()
+    base = DecodeConfig(max_tokens=args.max_tokens, threshold=args.threshold)
+    results = [run_setting(dlm, cases, base.replace(cache=mode), f"diffusion/{mode}")
+               for mode in ("none", "prefix", "dual")]
+    results.append(run_setting(ar, cases, base.replace(engine="ar"), "ar"))
+    machine = describe(str(dlm.lm.device))
+    report = {"machine": machine, "models": {"diffusion": dlm.lm.source, "ar": ar.lm.source},
+              "config": base.to_dict(), "n_cases": len(cases), "results": results}
+    print(f"\nmachine: {one_line(machine)}   cases: {len(cases)} held-out stdlib middles\n")
+    print(f"{'setting':<18}{'NFE':>7}{'tok/fwd':>9}{'p50 ms':>9}{'p95 ms':>9}{'EM':>7}{'ES':>7}")
+    for r in results:
+        print(f"{r['setting']:<18}{r['nfe_mean']:>7.1f}{r['tokens_per_forward']:>9.2f}"
+              f"{r['latency_p50_ms']:>9.1f}{r['latency_p95_ms']:>9.1f}{r['exact_match']:>7.2f}{r['edit_similarity']:>7.2f}")
+    ar_p50 = results[-1]["latency_p50_ms"]
+    print(f"\nlatency ratio diffusion/dual : AR (p50) = {results[2]['latency_p50_ms'] / ar_p50:.2f}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The worker's request queue: bounded, latest-wins per document, deadlines, micro-batches.
+
+Two threads share one Scheduler: the socket thread submits and cancels, the compute thread
+takes micro-batches and asks, between denoising steps, which running rows must stop. All
+state sits behind one lock; nothing here touches a socket, so it is testable on its own.
+
+A job leaves the queue in exactly one of these ways, which is what guarantees that every
+request gets exactly one answer:
+  * supersede / cancel / close remove it and hand it back to the caller to answer;
+  * next_batch hands it out either as expired (answer deadline) or in a batch (compute,
+    then answer, then finish()).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .config import DecodeConfig
+from .protocol import InfillMsg
+
+# Why a running job was stopped; None while it should run to the end.
+SUPERSEDED = "superseded"   # a newer request for the same document arrived
+CANCELLED = "cancelled"     # an explicit CancelMsg
+SHUTDOWN = "shutdown"       # the worker is stopping
+DEADLINE = "deadline"       # its deadline passed
+
+
+def now_ms() -> float:
+    """Wall-clock epoch milliseconds: deadlines on the wire are absolute epoch times."""
+    return time.time() * 1000.0
+
+
+@dataclass(eq=False)
+class Job:
+    envelope: list[bytes]           # ROUTER routing frames: the reply goes back with them
+    msg: InfillMsg
+    config: DecodeConfig
+    received: float = field(default_factory=time.monotonic)
+    stop_reason: Optional[str] = None
+
+    @property
+    def client(self) -> bytes:
+        return self.envelope[0]
+
+    def expired(self, at_ms: Optional[float] = None) -> bool:
+        deadline = self.msg.deadline_ms
+        return deadline is not None and (now_ms() if at_ms is None else at_ms) >= deadline
+
+    def matches(self, client: bytes, id: Optional[str], doc_key: Optional[str]) -> bool:
+        by_id = id is not None and self.client == client and self.msg.id == id
+        by_doc = doc_key is not None and self.msg.doc_key == doc_key
+        return by_id or by_doc
+
+
+class Scheduler:
+    def __init__(self, limit: int, max_batch: int, batch_wait_s: float):
+        self.limit = limit
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
+        self._pending: deque[Job] = deque()
+        self._running: list[Job] = []
+        self._closed = False
+        self._cond = threading.Condition()
+
+    # ---------------------------------------------------------------- socket thread
+
+    def submit(self, job: Job) -> bool:
+        """Queue a job; False when the queue is full (or closed): the caller answers busy."""
+        with self._cond:
+            if self._closed or len(self._pending) >= self.limit:
+                return False
+            self._pending.append(job)
+            self._cond.notify()
+            return True
+
+    def supersede(self, doc_key: str) -> list[Job]:
+        """Latest wins: stop every job of this document; returns the queued ones, now removed."""
+        return self._stop(lambda j: j.msg.doc_key == doc_key, SUPERSEDED)
+
+    def cancel(self, client: bytes, id: Optional[str], doc_key: Optional[str]) -> list[Job]:
+        """Explicit cancel (by this client's request id and/or a document); queued ones returned."""
+        return self._stop(lambda j: j.matches(client, id, doc_key), CANCELLED)
+
+    def close(self) -> list[Job]:
+        """Stop taking jobs: returns the queued ones (removed) and stops the running ones."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        return self._stop(lambda j: True, SHUTDOWN)
+
+    def depth(self) -> tuple[int, int]:
+        """(queued, running)."""
+        with self._cond:
+            return len(self._pending), len(self._running)
+
+    def _stop(self, match, reason: str) -> list[Job]:
+        with self._cond:
+            removed = [j for j in self._pending if match(j)]
+            for job in removed:
+                self._pending.remove(job)
+                job.stop_reason = reason
+            for job in self._running:
+                if job.stop_reason is None and match(job):
+                    job.stop_reason = reason     # seen by should_stop between steps
+            return removed
+
+    # ---------------------------------------------------------------- compute thread
+
+    def next_batch(self, timeout_s: float) -> tuple[Optional[list[Job]], list[Job]]:
+        """(batch, expired). The batch shares one DecodeConfig and is [] when nothing came
+        within timeout_s; it is None once the scheduler is closed and drained. Expired jobs
+        were past their deadline when dequeued: the caller answers them, it does not compute."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._pending or self._closed, timeout_s):
+                return [], []
+            if not self._pending:
+                return None, []
+            self._gather(self._pending[0])
+            if not self._pending:            # the jobs we waited for were cancelled meanwhile
+                return [], []
+            config = self._pending[0].config
+            taken = [j for j in self._pending if j.config == config][:self.max_batch]
+            for job in taken:
+                self._pending.remove(job)
+            at = now_ms()
+            expired = [j for j in taken if j.expired(at)]
+            batch = [j for j in taken if not j.expired(at)]
+            self._running.extend(batch)
+            return batch, expired
+
+    def _gather(self, first: Job) -> None:
+        """Wait (lock held, released while waiting) until max_batch jobs share first's config
+        or batch_wait_s has passed since first arrived: requests that arrive together batch."""
+        until = first.received + self.batch_wait_s
+
+        def enough() -> bool:
+            same = sum(1 for j in self._pending if j.config == first.config)
+            return self._closed or first not in self._pending or same >= self.max_batch
+
+        remaining = until - time.monotonic()
+        if remaining > 0:
+            self._cond.wait_for(enough, remaining)
+
+    def should_stop(self, batch: list[Job]):
+        """The engine's ShouldStop for this batch: rows cancelled, superseded or past deadline."""
+        def check(running: list[int]) -> set[int]:
+            at = now_ms()
+            stop = set()
+            with self._cond:
+                for i in running:
+                    job = batch[i]
+                    if job.stop_reason is None and job.expired(at):
+                        job.stop_reason = DEADLINE
+                    if job.stop_reason is not None:
+                        stop.add(i)
+            return stop
+        return check
+
+    def finish(self, batch: list[Job]) -> None:
+        """The batch is answered: forget it."""
+        with self._cond:
+            self._running = [j for j in self._running if j not in batch]
