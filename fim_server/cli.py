@@ -1,4 +1,4 @@
-"""`fim-server` command line: complete, train (serve, status, keys and infill come with the worker)."""
+"""`fim-server` command line: complete, serve (the resident worker), status, keys, train."""
 
 from __future__ import annotations
 
@@ -64,31 +64,126 @@ def random_fallback(kind: str) -> str:
     return str(path)
 
 
+def resolve_model(model: Optional[str], kind: str) -> tuple[Optional[str], bool]:
+    """(model to load, random_weights): the bundled model when there, else a random one."""
+    from .models.loader import bundled_path
+
+    if model is None and not (bundled_path(kind) / "config.json").exists():
+        model = random_fallback(kind)
+        print(f"warning: no bundled {kind} model: using RANDOM WEIGHTS from {model}", file=sys.stderr)
+        return model, True
+    return model, False
+
+
 def cmd_complete(args: argparse.Namespace) -> int:
     prefix = read_text(args.prefix_file, "prefix")
     suffix = read_text(args.suffix_file, "suffix")
     config = decode_config(args)
+    if args.connect:
+        return complete_remote(args, prefix, suffix, config)
     from .engine import InfillRequest, load_engine
-    from .models.loader import bundled_path
 
-    model, random_weights = args.model, False
-    if model is None and not (bundled_path(args.engine) / "config.json").exists():
-        model, random_weights = random_fallback(args.engine), True
-        print(f"warning: no bundled {args.engine} model: using RANDOM WEIGHTS from {model}", file=sys.stderr)
+    model, random_weights = resolve_model(args.model, args.engine)
     try:
         engine = load_engine(args.engine, model, device=args.device, dtype=args.dtype, family=args.family)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load model {model or 'bundled'}: {exc}") from None
     result = engine.infill([InfillRequest(prefix, suffix, "cli")], config)[0]
+    print_completion(args, result.text, {
+        **result.stats.to_dict(), "model": engine.lm.source, "family": engine.lm.family.name,
+        "device": str(engine.lm.device), "random_weights": random_weights})
+    return 0
+
+
+def print_completion(args: argparse.Namespace, text: str, stats: dict) -> None:
     if args.json:
-        out = {"completion": result.text, **result.stats.to_dict(),
-               "model": engine.lm.source, "family": engine.lm.family.name,
-               "device": str(engine.lm.device), "random_weights": random_weights}
-        print(json.dumps(out))
-    else:
-        sys.stdout.write(result.text)
-        if sys.stdout.isatty():
-            sys.stdout.write("\n")
+        print(json.dumps({"completion": text, **stats}))
+        return
+    sys.stdout.write(text)
+    if sys.stdout.isatty():
+        sys.stdout.write("\n")
+
+
+def connect_options(args: argparse.Namespace) -> dict:
+    """WorkerClient keyword arguments from --curve-server-key / --curve-secret-key."""
+    if (args.curve_server_key is None) != (args.curve_secret_key is None):
+        raise UsageError("--curve-server-key and --curve-secret-key go together")
+    return {"curve_server_key": args.curve_server_key, "curve_secret_key": args.curve_secret_key}
+
+
+def complete_remote(args: argparse.Namespace, prefix: str, suffix: str, config: DecodeConfig) -> int:
+    """complete --connect: the worker's model answers; only options that differ from the
+    defaults are sent, so the worker's engine and its defaults apply otherwise."""
+    from .client import RequestFailed, SyncWorkerClient, WorkerUnavailable
+
+    defaults = DecodeConfig().to_dict()
+    options = {k: v for k, v in config.to_dict().items()
+               if v != defaults[k] and k not in ("max_tokens", "single_line")}
+    with SyncWorkerClient(args.connect, **connect_options(args)) as client:
+        try:
+            reply = client.infill(prefix, suffix, options=options, max_tokens=config.max_tokens,
+                                  single_line=config.single_line, deadline_s=args.timeout)
+        except RequestFailed as exc:
+            print(f"fim-server: worker error: {exc}", file=sys.stderr)
+            return 1
+        except WorkerUnavailable as exc:
+            print(f"fim-server: {exc}", file=sys.stderr)
+            return 1
+    if reply.cancelled:
+        print("fim-server: the request was cancelled", file=sys.stderr)
+        return 1
+    stats = {k: v for k, v in reply.stats.items() if k not in ("engine_latency_ms",)}
+    print_completion(args, reply.text, stats)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .curve import InsecureBind, check_bind
+
+    logging.getLogger("fim_server.worker").setLevel(logging.INFO)   # warm-up and ready lines
+    try:
+        check_bind(args.bind, args.curve_secret_key, args.curve_public_keys)
+    except (InsecureBind, ValueError) as exc:      # before loading anything: fail fast
+        raise UsageError(str(exc)) from None
+    for name in ("max_batch", "queue"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.batch_wait_ms < 0:
+        raise UsageError("--batch-wait-ms must not be negative")
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    from .worker import ServeError, WorkerOptions, serve
+
+    model, random_weights = resolve_model(args.model, args.engine)
+    options = WorkerOptions(bind=args.bind, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                            queue=args.queue, curve_secret_key=args.curve_secret_key,
+                            curve_public_keys=args.curve_public_keys)
+    try:
+        return serve(options, model, args.engine, device=args.device, dtype=args.dtype,
+                     family=args.family, random_weights=random_weights)
+    except ServeError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .client import RequestFailed, SyncWorkerClient, WorkerUnavailable
+
+    with SyncWorkerClient(args.connect, **connect_options(args)) as client:
+        try:
+            stats = client.stats(deadline_s=args.timeout)
+        except (RequestFailed, WorkerUnavailable) as exc:
+            print(f"fim-server: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(stats, indent=2 if sys.stdout.isatty() else None))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .curve import make_keys
+
+    public, secret = make_keys(args.out, args.name)
+    print(json.dumps({"public": public, "secret": secret}))
     return 0
 
 
@@ -118,7 +213,12 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--single-line", action="store_true")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_curve_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--curve-server-key", default=None, metavar="FILE", help="the worker's public .key file")
+    p.add_argument("--curve-secret-key", default=None, metavar="FILE", help="this client's .key_secret file")
+
+
+def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fim-server", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,23 +227,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix-file", required=True, help="text before the cursor ('-' for stdin)")
     p.add_argument("--suffix-file", default=None, help="text after the cursor")
     p.add_argument("--json", action="store_true", help="print one JSON object with the stats")
+    p.add_argument("--connect", default=None, metavar="ADDR",
+                   help="ask a running worker (fim-server serve) instead of loading a model")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the worker")
+    add_curve_client_options(p)
     add_decode_options(p)
     p.set_defaults(func=cmd_complete)
 
-    from .train import add_arguments
+    p = sub.add_parser("serve", help="run the resident worker (ZeroMQ ROUTER, msgpack frames)")
+    p.add_argument("--model", default=None, help="local directory or hub id (default: the bundled model)")
+    p.add_argument("--engine", choices=ENGINES, default="diffusion")
+    p.add_argument("--family", default=None, help="model family when it cannot be detected")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when present)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: by device)")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                   help="tcp://127.0.0.1:PORT or ipc://PATH; other addresses need CURVE keys")
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together at most")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a request waits for batch mates")
+    p.add_argument("--queue", type=int, default=64, help="queued requests at most; more get `busy`")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--curve-secret-key", default=None, metavar="FILE", help="the worker's .key_secret file")
+    p.add_argument("--curve-public-keys", default=None, metavar="DIR", help="directory of allowed client *.key files")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", help="print a running worker's stats as JSON")
+    p.add_argument("--connect", required=True, metavar="ADDR")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the worker")
+    add_curve_client_options(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("keys", help="generate a CURVE key pair (NAME.key and NAME.key_secret)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--name", default="worker", help="file name stem (default: worker)")
+    p.set_defaults(func=cmd_keys)
+
     p = sub.add_parser("train", help="train a bundled-size model from scratch (diffusion or ar)")
-    add_arguments(p)
+    if with_train_options:   # train.py imports torch and transformers: seconds that status should not pay
+        from .train import add_arguments
+        add_arguments(p)
     p.set_defaults(func=cmd_train)
     return parser
 
 
+def loads_model(args: argparse.Namespace) -> bool:
+    """Whether this command imports transformers (status, keys and --connect stay light)."""
+    return args.command in ("complete", "serve", "train") and not getattr(args, "connect", None)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(with_train_options=command == "train").parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.verbose:
         warnings.filterwarnings("ignore")
+    if not args.verbose and loads_model(args):
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()

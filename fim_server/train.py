@@ -54,6 +54,9 @@ class TrainConfig:
     save_every: int = 250
     eval_every: int = 250
     device: str = "auto"
+    init_from: str = ""              # start from these weights (e.g. the AR twin: AR-to-diffusion adaptation)
+    shifted: bool = False            # diffusion: position i-1 predicts token i (keeps an AR head's meaning)
+    bundle_to: str = ""              # also write the final model here in float16 (package data)
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -140,6 +143,8 @@ def diffusion_example(tok, sp: Specials, sampler: ExampleSampler, cfg: TrainConf
         if parts:
             break
     p, m, s = parts
+    if cfg.shifted and not p:
+        p = [sp.eot]                  # shifted logits need a position before the first middle slot
     canvas, canvas_labels = diffusion_canvas(m, sp, rng)
     inputs = p + canvas + s
     labels = [IGNORE] * len(p) + canvas_labels + [IGNORE] * len(s)
@@ -178,6 +183,11 @@ class Batches:
 
 def build_model(cfg: TrainConfig, tok) -> torch.nn.Module:
     family = "fim-tiny-dlm" if cfg.objective == "diffusion" else "fim-tiny-ar"
+    if cfg.init_from:
+        model = AutoModelForCausalLM.from_pretrained(cfg.init_from)
+        model.config.fim_family = family
+        model.config.fim_logits_shifted = cfg.shifted
+        return model
     config = Qwen2Config(
         vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
@@ -186,13 +196,16 @@ def build_model(cfg: TrainConfig, tok) -> torch.nn.Module:
     )
     config.fim_family = family
     config.fim_context_tokens = cfg.seq_len
+    config.fim_logits_shifted = cfg.shifted
     return AutoModelForCausalLM.from_config(config)
 
 
-def loss_on(model, ids, labels, valid, objective: str) -> torch.Tensor:
+def loss_on(model, ids, labels, valid, objective: str, shifted: bool = False) -> torch.Tensor:
     if objective == "diffusion":
         mask = valid[:, None, None, :].expand(-1, 1, ids.shape[1], -1)     # [B, 1, T, T] bidirectional
         logits = model(input_ids=ids, attention_mask=mask).logits
+        if shifted:                                                         # logits at i-1 predict i
+            logits, labels = logits[:, :-1], labels[:, 1:]
     else:
         logits = model(input_ids=ids, attention_mask=valid.long()).logits
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
@@ -227,9 +240,9 @@ def save(model, tok, opt, step: int, out: Path, log: dict) -> None:
 
 
 @torch.no_grad()
-def held_out_loss(model, batches: list, objective: str) -> float:
+def held_out_loss(model, batches: list, objective: str, shifted: bool = False) -> float:
     model.eval()
-    losses = [loss_on(model, *b, objective).item() for b in batches]
+    losses = [loss_on(model, *b, objective, shifted).item() for b in batches]
     model.train()
     return sum(losses) / len(losses)
 
@@ -271,7 +284,7 @@ def train(cfg: TrainConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         ids, labels, valid = (t.to(dev) for t in batches.next())
-        loss = loss_on(model, ids, labels, valid, cfg.objective)
+        loss = loss_on(model, ids, labels, valid, cfg.objective, cfg.shifted)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -285,7 +298,7 @@ def train(cfg: TrainConfig) -> Path:
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
             log["history"].append({"step": done, "train_loss": round(loss_ema, 4),
-                                   "held_out_loss": round(held_out_loss(model, held_batches, cfg.objective), 4),
+                                   "held_out_loss": round(held_out_loss(model, held_batches, cfg.objective, cfg.shifted), 4),
                                    "tokens_seen": done * tokens_per_step, "elapsed_s": round(time.time() - t0)})
             tqdm.write(json.dumps(log["history"][-1]))
         if done % cfg.save_every == 0 or done == cfg.steps:
@@ -296,7 +309,19 @@ def train(cfg: TrainConfig) -> Path:
     model.save_pretrained(final)
     tok.save_pretrained(final)
     (final / "train_log.json").write_text(json.dumps(log, indent=1))
+    if cfg.bundle_to:
+        export(final, Path(cfg.bundle_to))
     return final
+
+
+def export(src: Path, dest: Path) -> None:
+    """Copy a trained model as package data: float16 weights (half the size; loaded as float32
+    on CPU), the tokenizer and the training log for the model card."""
+    model = AutoModelForCausalLM.from_pretrained(src)
+    dest.mkdir(parents=True, exist_ok=True)
+    model.half().save_pretrained(dest)
+    PreTrainedTokenizerFast.from_pretrained(src).save_pretrained(dest)
+    (dest / "train_log.json").write_text((src / "train_log.json").read_text())
 
 
 def hardware(dev: torch.device) -> str:
@@ -307,7 +332,8 @@ def hardware(dev: torch.device) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     for field, default in asdict(TrainConfig()).items():
-        p.add_argument("--" + field.replace("_", "-"), type=type(default), default=default)
+        kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)
+        p.add_argument("--" + field.replace("_", "-"), type=kind, default=default)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -91,6 +92,9 @@ def load_model(
     fam = detect_family(config.model_type, tokenizer.get_vocab(), family or getattr(config, "fim_family", None))
     if fam.kind != kind:
         raise ValueError(f"{source} is a {fam.kind} model ({fam.name}); the {kind} engine cannot run it")
+    if fam.is_diffusion and getattr(config, "fim_logits_shifted", None) is not None:
+        # the checkpoint says which convention it was trained with (the bundled twin: AR-initialised, shifted)
+        fam = dataclasses.replace(fam, shifted=bool(config.fim_logits_shifted))
     ids = resolve_tokens(fam, tokenizer.get_vocab(), tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     model.to(dev).eval()
