@@ -1,0 +1,50 @@
+"""`fim-server complete` end to end in a subprocess, on a random checkpoint built in the test."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, timeout=180):
+    return subprocess.run([sys.executable, "-m", "fim_server.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    (d / "p.py").write_text("def add(a, b):\n    return ")
+    (d / "s.py").write_text("\n\nprint(add(1, 2))\n")
+    (d / "bin").write_bytes(b"\x7fELF\x00\x01\x02")
+    (d / "latin1").write_bytes("caf\xe9 = 1\n".encode("latin-1"))
+    return d
+
+
+@pytest.mark.parametrize("engine,family", [("diffusion", "fim-tiny-dlm"), ("ar", "fim-tiny-ar")])
+def test_complete_json(files, tmp_path, engine, family):
+    from fim_server.models.random_init import build_random_checkpoint
+
+    model = build_random_checkpoint(tmp_path / engine, family)
+    res = run("complete", "--prefix-file", str(files / "p.py"), "--suffix-file", str(files / "s.py"),
+              "--engine", engine, "--model", str(model), "--max-tokens", "8", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    for key in ("completion", "nfe", "tokens", "engine", "cache", "latency_ms"):
+        assert key in out
+    assert out["engine"] == engine and out["nfe"] >= 1 and out["family"] == family
+
+
+@pytest.mark.parametrize("bad,message", [("bin", "binary"), ("latin1", "not UTF-8"), ("missing", "does not exist")])
+def test_bad_input_files_are_refused_clearly(files, bad, message):
+    res = run("complete", "--prefix-file", str(files / bad))
+    assert res.returncode == 2
+    assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bad_option_values_are_refused_clearly(files):
+    res = run("complete", "--prefix-file", str(files / "p.py"), "--threshold", "1.5")
+    assert res.returncode == 2 and "threshold" in res.stderr and "Traceback" not in res.stderr
+    res = run("complete", "--prefix-file", str(files / "p.py"), "--cache", "bogus")
+    assert res.returncode == 2 and "invalid choice" in res.stderr

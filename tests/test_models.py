@@ -1,0 +1,57 @@
+"""Model families: loading real from_pretrained checkpoints of each exact architecture."""
+
+import json
+
+import pytest
+
+from fim_server.models import FAMILIES, load_model
+from fim_server.models.random_init import build_random_checkpoint
+
+ARCH = {"fim-tiny-dlm": "Qwen2ForCausalLM", "fim-tiny-ar": "Qwen2ForCausalLM",
+        "qwen2.5-coder": "Qwen2ForCausalLM", "starcoder2": "Starcoder2ForCausalLM",
+        "deepseek-coder": "LlamaForCausalLM", "codellama": "LlamaForCausalLM"}
+
+
+@pytest.mark.parametrize("name", sorted(ARCH))
+def test_each_family_loads_and_resolves_its_tokens(tmp_path, name):
+    path = build_random_checkpoint(tmp_path, name)
+    fam = FAMILIES[name]
+    lm = load_model(str(path), kind=fam.kind)
+    assert type(lm.model).__name__ == ARCH[name]
+    assert lm.family.name == name
+    vocab = lm.tokenizer.get_vocab()
+    if fam.is_diffusion:
+        assert lm.ids.mask == vocab[fam.mask]
+    else:
+        assert (lm.ids.fim_prefix, lm.ids.fim_suffix, lm.ids.fim_middle) == (
+            vocab[fam.fim_prefix], vocab[fam.fim_suffix], vocab[fam.fim_middle])
+        assert lm.ids.fim_prefix in lm.ids.banned
+    assert lm.ids.end_of_middle and all(i in vocab.values() for i in lm.ids.end_of_middle)
+
+
+def test_family_detected_from_tokens_when_not_declared(tmp_path):
+    path = build_random_checkpoint(tmp_path, "starcoder2")
+    cfg = json.loads((path / "config.json").read_text())
+    del cfg["fim_family"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    assert load_model(str(path), kind="ar").family.name == "starcoder2"
+
+
+def test_checkpoint_declares_its_logit_convention(tmp_path):
+    path = build_random_checkpoint(tmp_path, "fim-tiny-dlm")
+    assert load_model(str(path), kind="diffusion").family.shifted is False
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["fim_logits_shifted"] = True
+    (path / "config.json").write_text(json.dumps(cfg))
+    assert load_model(str(path), kind="diffusion").family.shifted is True
+
+
+def test_wrong_engine_for_a_model_is_a_clear_error(tmp_path):
+    path = build_random_checkpoint(tmp_path, "fim-tiny-ar")
+    with pytest.raises(ValueError, match="autoregressive|ar model"):
+        load_model(str(path), kind="diffusion")
+
+
+def test_missing_directory_is_an_error(tmp_path):
+    with pytest.raises(OSError):
+        load_model(str(tmp_path / "nope"), kind="diffusion")
