@@ -61,7 +61,11 @@ class SourceFile:
         if self._ast_spans is None:
             # Parsed again here rather than kept from loading: trees of a whole repository
             # would take far more memory than its text.
-            spans = (self._node_span(node) for node in _nodes(ast.parse(self.text)))
+            try:
+                nodes = _nodes(ast.parse(self.text))
+            except (SyntaxError, ValueError, RecursionError, MemoryError):
+                nodes = []  # built directly by a caller from text that does not parse
+            spans = (self._node_span(node) for node in nodes)
             self._ast_spans = [s for s in spans if s is not None and 0 < s[1] - s[0] <= MAX_AST_CHARS]
         return self._ast_spans
 
@@ -171,6 +175,9 @@ def sample_cases(
     unknown = set(kinds) - set(SAMPLERS)
     if unknown:
         raise ValueError(f"unknown kinds {sorted(unknown)}; known: {KINDS}")
+    # Sorted so that the caller's file order cannot change the cases; blank files have
+    # nothing to cut.
+    sources = sorted((src for src in sources if src.non_blank), key=lambda src: src.name)
     rng = random.Random(seed)
     cases: list[FimCase] = []
     seen: set[tuple[str, Span]] = set()  # one span is one problem, whichever kind found it

@@ -71,7 +71,7 @@ def _classify(returncode: int, stdout: str, stderr: str, nonce: str) -> ExecResu
     if returncode == -signal.SIGXCPU:
         return ExecResult(False, "timeout", "CPU time limit")
     if returncode < 0:
-        name = signal.Signals(-returncode).name
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else f"signal {-returncode}"
         return ExecResult(False, "error", f"killed by {name}: {last_error_line}".rstrip(": "))
     return ExecResult(False, "failed", last_error_line or f"exit status {returncode}")
 
