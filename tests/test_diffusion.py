@@ -25,7 +25,8 @@ def engine(request, random_dlm_dir):
 
 
 def reference_decode(engine, req, length, block, tau=1.0):
-    """One full forward per step, commit the single most confident masked position of the block."""
+    """One full forward per step, commit the single most confident masked position of the block;
+    end tokens may only be proposed at the first undecided slot (the end guard)."""
     ids, model = engine.ids, engine.model
     bos = [ids.bos] if ids.bos is not None else []
     row, _ = engine._start(req, DecodeConfig(length="fixed", max_tokens=length))
@@ -41,10 +42,14 @@ def reference_decode(engine, req, length, block, tau=1.0):
             logits = model(input_ids=x, attention_mask=full_mask).logits[0].float()
             logits[:, banned] = float("-inf")
             best = None
+            first = canvas.index(ids.mask)
             for j in range(start, end):
                 if canvas[j] != ids.mask:
                     continue
-                conf, tok = torch.softmax(logits[len(lead) + j - shift], -1).max(-1)
+                row_logits = logits[len(lead) + j - shift].clone()
+                if j != first:
+                    row_logits[list(ids.end_of_middle)] = float("-inf")
+                conf, tok = torch.softmax(row_logits, -1).max(-1)
                 if best is None or conf > best[0]:
                     best = (conf, j, tok.item())
             canvas[best[1]] = best[2]

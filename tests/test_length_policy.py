@@ -127,3 +127,18 @@ def test_canvas_edits(random_dlm_dir):
     fixed = _canvas(ids, 6, expand=False)
     fixed.commit([0, 1, 3], [10, ids.delete, 11], "dual")  # fixed: delete is the end token, kept in place
     assert fixed.end_index() == 1 and fixed.middle_ids() == [10]
+
+
+def test_end_guard_stops_a_tail_collapse(scripted):
+    """A model that is most confident about deleting the tail must not delete everything."""
+    engine, target = scripted("x = ", "\n", "42", conf=0.9)
+    res = engine.infill([InfillRequest("x = ", "\n")], DecodeConfig(cache="none", initial_length=8, threshold=0.5))[0]
+    assert res.text == "42"
+    c = _canvas(load_model_ids(engine), 6)
+    c.commit([0, 1], [10, 11], "dual")
+    c.commit([2], [engine.ids.delete], "dual")            # first undecided slot: the middle ends there
+    assert c.canvas == [10, 11] and c.first_mask() == 2
+
+
+def load_model_ids(engine):
+    return engine.ids

@@ -23,6 +23,7 @@ class Canvas:
     expand_policy: bool            # True: DreamOn expand/delete; False: fixed canvas, cut at end token
     max_tokens: int
     block_size: int
+    end_guard: bool = True         # a delete at the first undecided slot ends the middle there
     block_start: int = 0
     block_end: int = 0
     steps_in_block: int = 0
@@ -88,12 +89,25 @@ class Canvas:
                 self.canvas[j:j + 1] = [self.ids.mask, self.ids.mask]
                 self.block_end += 1
             elif tok == self.ids.delete and self.ids.delete is not None:
-                del self.canvas[j]
-                self.block_end -= 1
+                if self.end_guard and self.ids.mask not in self.canvas[:j]:
+                    del self.canvas[j:]    # trailing deletes: the middle ends here
+                    self.block_end = min(self.block_end, j)
+                else:
+                    del self.canvas[j]
+                    self.block_end -= 1
             else:
                 continue
             if mode == "dual":
                 self.stale = True          # the suffix moved: its cached KV has the wrong positions
+
+    def end_allowed(self) -> list[bool]:
+        """Per active-block slot: may an end/delete token be proposed there? With the guard, only
+        at the first undecided slot of the canvas, so a middle cannot collapse from its tail."""
+        width = self.block_end - self.block_start
+        if not self.end_guard:
+            return [True] * width
+        first = self.first_mask()
+        return [self.block_start + i == first for i in range(width)]
 
     def first_mask(self) -> int:
         try:

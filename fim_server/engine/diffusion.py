@@ -80,7 +80,8 @@ class DiffusionEngine:
             lead = [self.ids.pad]        # shifted logits need a position before the first middle token
         size = min(config.initial_length, config.max_tokens) if expand else config.max_tokens
         row = Canvas(lead=lead, canvas=[self.ids.mask] * size, suffix=ctx.suffix_ids, ids=self.ids,
-                     expand_policy=expand, max_tokens=config.max_tokens, block_size=config.block_size)
+                     expand_policy=expand, max_tokens=config.max_tokens, block_size=config.block_size,
+                     end_guard=config.end_guard)
         stats = Stats(engine="diffusion", cache=config.cache, truncated=ctx.truncated,
                       prompt_tokens=len(ctx.prefix_ids) + len(ctx.suffix_ids))
         return row, stats
@@ -146,6 +147,13 @@ class DiffusionEngine:
         if self.ids.expand is not None:
             no_expand = torch.tensor([not r.may_expand() for r in rows], device=logits.device)
             logits[no_expand, :, self.ids.expand] = float("-inf")
+        ends = [i for i in {*self.ids.end_of_middle, self.ids.delete} if i is not None]
+        if ends and config.end_guard:
+            allowed = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)   # [B, L]
+            for b, row in enumerate(rows):
+                flags = row.end_allowed()
+                allowed[b, :len(flags)] = torch.tensor(flags, dtype=torch.bool)
+            logits[..., ends] = logits[..., ends].masked_fill(~allowed[..., None], float("-inf"))
         if config.temperature > 0:
             probs = torch.softmax(logits / config.temperature, dim=-1)
             flat = torch.multinomial(probs.flatten(0, 1), 1, generator=generator)   # [B*L, 1]
