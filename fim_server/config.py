@@ -30,7 +30,7 @@ class DecodeConfig:
     length: str = "auto"           # auto (expand if the model can) | expand | fixed (over-allocate + end fill)
     initial_length: int = 16       # starting canvas for the expand/delete policy
     max_steps: int = 0             # hard cap on denoising steps per request; 0 = 4 * max_tokens
-    end_guard: bool = True         # end/delete tokens only at the first undecided slot: a settled end
+    end_guard: bool = True         # end/delete tokens only at the first undecided slot, after >= 1 token: a settled end
                                    # closes the middle (prevents the end-token over-commit collapse)
 
     def __post_init__(self) -> None:

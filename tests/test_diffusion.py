@@ -47,7 +47,7 @@ def reference_decode(engine, req, length, block, tau=1.0):
                 if canvas[j] != ids.mask:
                     continue
                 row_logits = logits[len(lead) + j - shift].clone()
-                if j != first:
+                if j != first or first == 0:
                     row_logits[list(ids.end_of_middle)] = float("-inf")
                 conf, tok = torch.softmax(row_logits, -1).max(-1)
                 if best is None or conf > best[0]:

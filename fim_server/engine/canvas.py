@@ -107,7 +107,8 @@ class Canvas:
         if not self.end_guard:
             return [True] * width
         first = self.first_mask()
-        return [self.block_start + i == first for i in range(width)]
+        # and never before the first real token: an empty middle is not a completion
+        return [self.block_start + i == first and first > 0 for i in range(width)]
 
     def first_mask(self) -> int:
         try:
