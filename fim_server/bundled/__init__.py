@@ -1,0 +1,1 @@
+"""Package data: the bundled tiny models (one directory per model)."""
