@@ -10,11 +10,13 @@ import argparse
 import json
 from pathlib import Path
 
+from bench.machine import cpu_model
+
 OBJECTIVES = {
     "diffusion": (
         "Masked-diffusion FIM coder: a Qwen2 transformer run with **bidirectional** attention "
         "(an all-visible 4-D attention mask). The middle is a canvas of `<|mask|>` slots between the "
-        "prefix and the suffix; each slot is predicted at its own position (no logit shift). "
+        "prefix and the suffix. {convention} "
         "Length is learned DreamOn-style: a slot labelled `<|expand|>` stands for two or more middle "
         "tokens (adjacent masked slots merged in training; at inference it becomes two masks), trailing "
         "slots labelled `<|delete|>` stand for nothing (removed at inference). Training mixes FIM canvases "
@@ -48,7 +50,10 @@ def card(model_dir: Path, report: dict) -> str:
     lines = [
         f"# {model_dir.name}",
         "",
-        OBJECTIVES[cfg["objective"]],
+        OBJECTIVES[cfg["objective"]].format(convention=(
+            "Logits are shifted (position i-1 predicts slot i), the convention of Dream-family models, "
+            "because this twin starts from AR weights (see the notes below)." if cfg.get("shifted") else
+            "Each slot is predicted at its own position (no logit shift).")),
         "",
         "## Facts",
         f"- Parameters: {log['params'] / 1e6:.2f} M (Qwen2: {cfg['layers']} layers, hidden {cfg['hidden']}, "
@@ -65,7 +70,8 @@ def card(model_dir: Path, report: dict) -> str:
         f"{last.get('tokens_seen', 0) / 1e6:.1f} M token positions seen; AdamW lr {cfg['lr']} "
         f"(warm-up {cfg['warmup']}, cosine), seed {cfg['seed']}.",
         f"- Final losses: train {last.get('train_loss')}, held-out {last.get('held_out_loss')}.",
-        f"- Hardware: {log.get('hardware', '?')}; wall time {log.get('wall_minutes', '?')} min.",
+        f"- Hardware: {cpu_model()} ({log.get('hardware', '?')}, the two twins training side by side); "
+        f"wall time {log.get('wall_minutes', '?')} min.",
         f"- Context: {cfg['seq_len']} tokens (prefix + middle + suffix); middles up to {cfg['max_middle']} tokens.",
         "",
         "## Loss history",
@@ -76,15 +82,18 @@ def card(model_dir: Path, report: dict) -> str:
         "## Held-out results",
         f"Measured by `python -m bench.model_eval` on {report['machine'].get('gpu') or report['machine']['cpu']}; "
         "both twins on the same cases in one run. `diffusion + oracle length` is told the true number of "
-        "middle tokens, to show what the expand/delete length scheme recovers.",
+        "middle tokens, to show what the expand/delete length scheme recovers. HumanEval rows with fewer than "
+        "1033 cases use an evenly spaced subset (every k-th case) of the regenerated single-line set.",
         "",
     ]
     for suite, rows in report["suites"].items():
         lines += [f"### {suite} ({rows[0]['cases']} cases)", "", table(rows)]
     lines += ["## Reproduce", "```bash",
               f"fim-server train --objective {cfg['objective']} --steps {steps} --batch {cfg['batch']} "
-              f"--seq-len {cfg['seq_len']} --seed {cfg['seed']}",
-              "```", log.get("notes", ""), ""]
+              f"--seq-len {cfg['seq_len']} --seed {cfg['seed']}"
+              + (f" --init-from AR_CHECKPOINT --shifted true --lr {cfg['lr']} --warmup {cfg['warmup']} "
+                 f"--mdlm-fraction {cfg['mdlm_fraction']}" if cfg.get("init_from") else ""),
+              "```", "", "## Notes", log.get("notes", ""), ""]
     return "\n".join(lines)
 
 
