@@ -256,17 +256,16 @@ def train(cfg: TrainConfig) -> Path:
     train_src, held_src, report = collect_sources()
     print(f"data: {report}")
     tok = build_tokenizer(cfg, train_src)
-    model = build_model(cfg, tok).to(dev)
-    n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    state_file = out / "checkpoint" / "train_state.pt"
+    resuming = state_file.exists()
+    model = (AutoModelForCausalLM.from_pretrained(out / "checkpoint") if resuming else build_model(cfg, tok)).to(dev)
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     log = {"config": asdict(cfg), "data": report, "params": n_params, "history": [], "started": time.time()}
     start = 0
-    state_file = out / "checkpoint" / "train_state.pt"
-    if state_file.exists():                                   # resume
-        model = AutoModelForCausalLM.from_pretrained(out / "checkpoint").to(dev)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    if resuming:
         state = torch.load(state_file, weights_only=False)
         opt.load_state_dict(state["opt"])
         start = state["step"]

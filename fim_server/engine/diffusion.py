@@ -41,6 +41,8 @@ class DiffusionEngine:
         vocab = self.model.config.vocab_size
         self.banned = torch.zeros(vocab, dtype=torch.bool, device=lm.device)     # [V]
         self.banned[[i for i in self.ids.banned if i < vocab]] = True
+        # tokens the end guard holds back: the family's end tokens and, DreamOn-style, delete
+        self.end_ids = sorted(i for i in {*self.ids.end_of_middle, self.ids.delete} if i is not None)
 
     # ---------------------------------------------------------------- public
 
@@ -147,7 +149,7 @@ class DiffusionEngine:
         if self.ids.expand is not None:
             no_expand = torch.tensor([not r.may_expand() for r in rows], device=logits.device)
             logits[no_expand, :, self.ids.expand] = float("-inf")
-        ends = [i for i in {*self.ids.end_of_middle, self.ids.delete} if i is not None]
+        ends = self.end_ids
         if ends and config.end_guard:
             allowed = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)   # [B, L]
             for b, row in enumerate(rows):
