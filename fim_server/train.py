@@ -15,7 +15,7 @@ import argparse
 import json
 import math
 import os
-import platform
+import shutil
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +27,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
 from .data import ExampleSampler, collect_sources, iter_texts
+from .machine import cpu_model
 from .models.family import BUNDLED_SPECIAL_TOKENS
 from .models.random_init import train_bpe, wrap_tokenizer
 
@@ -57,6 +58,7 @@ class TrainConfig:
     init_from: str = ""              # start from these weights (e.g. the AR twin: AR-to-diffusion adaptation)
     shifted: bool = False            # diffusion: position i-1 predicts token i (keeps an AR head's meaning)
     bundle_to: str = ""              # also write the final model here in float16 (package data)
+    keep_at: str = ""                # comma-separated steps whose weights are kept as out/step-N
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -239,6 +241,21 @@ def save(model, tok, opt, step: int, out: Path, log: dict) -> None:
         tmp.rename(final)
 
 
+def keep_steps(cfg: TrainConfig) -> set[int]:
+    return {int(s) for s in cfg.keep_at.split(",") if s.strip()}
+
+
+def keep_snapshot(out: Path, step: int) -> None:
+    """Copy the weights just saved to out/step-N (without optimizer state), renamed into place
+    only when complete, so a job waiting for it never reads half a model (e.g. the diffusion
+    twin's `--init-from`)."""
+    tmp, dest = out / f"step-{step}.tmp", out / f"step-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(out / "checkpoint", tmp, ignore=shutil.ignore_patterns("train_state.pt"))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
 @torch.no_grad()
 def held_out_loss(model, batches: list, objective: str, shifted: bool = False) -> float:
     model.eval()
@@ -303,6 +320,8 @@ def train(cfg: TrainConfig) -> Path:
         if done % cfg.save_every == 0 or done == cfg.steps:
             log["hardware"] = hardware(dev)
             save(model, tok, opt, done, out, log)
+        if done in keep_steps(cfg):
+            keep_snapshot(out, done)
     final = out / "final"
     final.mkdir(exist_ok=True)
     model.save_pretrained(final)
@@ -326,7 +345,7 @@ def export(src: Path, dest: Path) -> None:
 def hardware(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores)"
+    return f"{cpu_model()}, {torch.get_num_threads()} torch threads ({os.cpu_count()} cores)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
