@@ -1,4 +1,4 @@
-"""`fim-server` command line: complete, serve (the resident worker), status, keys, train."""
+"""`fim-server` command line: complete, serve (the resident worker), status, keys, infill, train."""
 
 from __future__ import annotations
 
@@ -187,6 +187,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_infill(args: argparse.Namespace) -> int:
+    from .infill.main import command
+
+    return command(args)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from . import train
 
@@ -261,6 +267,12 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--name", default="worker", help="file name stem (default: worker)")
     p.set_defaults(func=cmd_keys)
 
+    p = sub.add_parser("infill", help="fill every hole (<FILL>) in files or JSONL tasks, batched; locally or on Ray")
+    from .infill.main import add_arguments as add_infill_arguments
+    add_infill_arguments(p)
+    add_decode_options(p)
+    p.set_defaults(func=cmd_infill)
+
     p = sub.add_parser("train", help="train a bundled-size model from scratch (diffusion or ar)")
     if with_train_options:   # train.py imports torch and transformers: seconds that status should not pay
         from .train import add_arguments
@@ -271,7 +283,7 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
 
 def loads_model(args: argparse.Namespace) -> bool:
     """Whether this command imports transformers (status, keys and --connect stay light)."""
-    return args.command in ("complete", "serve", "train") and not getattr(args, "connect", None)
+    return args.command in ("complete", "serve", "train", "infill") and not getattr(args, "connect", None)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
