@@ -68,7 +68,9 @@ test("status_lines reports the acceptance rate and the server's percentiles", fu
     "latency: last 12 ms (editor round trip), p50 100 ms, p95 300 ms (server)",
   }, lines)
   stats.unavailable = 3
-  eq("worker unavailable for 3 request(s)", text.status_lines(stats, { state = "running", mode = "m" })[5])
+  stats.worker = { address = "tcp://127.0.0.1:5555", state = "down" }
+  lines = text.status_lines(stats, { state = "running", mode = "m" })
+  eq({ "worker: tcp://127.0.0.1:5555 (down)", "worker unavailable for 3 request(s)" }, { lines[5], lines[6] })
 end)
 
 test("config merges over defaults and replaces lists", function()

@@ -10,6 +10,7 @@ export interface ServerStats {
   unavailable?: number;
   acceptance_rate?: number | null;
   latency_ms?: { p50?: number | null; p95?: number | null; window?: number };
+  worker?: { address?: string; state?: string };
 }
 
 function ms(value: number | null | undefined): string {
@@ -36,6 +37,9 @@ export function statsReport(stats: ServerStats, lastMs: number | undefined): str
     `suggestions shown ${shown}, accepted ${accepted} (${rate}%), cancelled ${stats.cancelled ?? 0}`,
     `latency: last ${ms(lastMs)} (editor round trip), p50 ${ms(latency.p50)}, p95 ${ms(latency.p95)} (server)`,
   ];
+  if (stats.worker) {
+    lines.push(`worker: ${stats.worker.address ?? "?"} (${stats.worker.state ?? "?"})`);
+  }
   if ((stats.unavailable ?? 0) > 0) {
     lines.push(`worker unavailable for ${stats.unavailable} request(s)`);
   }

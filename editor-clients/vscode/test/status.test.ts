@@ -23,11 +23,13 @@ describe("statsReport", () => {
     ]);
   });
 
-  it("mentions requests the worker could not answer", () => {
-    const lines = statsReport({ shown: 0, unavailable: 2, latency_ms: { p50: null, p95: null } }, undefined);
+  it("names the worker and the requests it could not answer", () => {
+    const worker = { address: "tcp://127.0.0.1:5555", state: "down" };
+    const lines = statsReport({ shown: 0, unavailable: 2, latency_ms: { p50: null, p95: null }, worker }, undefined);
     assert.deepEqual(lines, [
       "suggestions shown 0, accepted 0 (0%), cancelled 0",
       "latency: last - (editor round trip), p50 -, p95 - (server)",
+      "worker: tcp://127.0.0.1:5555 (down)",
       "worker unavailable for 2 request(s)",
     ]);
   });

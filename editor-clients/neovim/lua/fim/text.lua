@@ -74,6 +74,9 @@ function M.status_lines(stats, info)
     local latency = stats.latency_ms or {}
     local line = "latency: last %s (editor round trip), p50 %s, p95 %s (server)"
     table.insert(out, line:format(ms(info.last_ms), ms(latency.p50), ms(latency.p95)))
+    if type(stats.worker) == "table" then
+      table.insert(out, ("worker: %s (%s)"):format(stats.worker.address or "?", stats.worker.state or "?"))
+    end
     if stats.unavailable and stats.unavailable > 0 then
       table.insert(out, ("worker unavailable for %d request(s)"):format(stats.unavailable))
     end

