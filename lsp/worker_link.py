@@ -1,0 +1,270 @@
+"""The server's connection to the worker: requests, outages, and a worker of its own.
+
+States: "unknown" (not probed yet), "up", "starting" (a worker this server spawned is
+loading), "down", "closed" (the server is shutting down). While down or starting,
+completions return at once with nothing instead of waiting for a deadline on every
+keystroke. A background probe (`health`, with backoff) notices when a worker answers
+again. The user is told once per outage, by `tell_user` (window/showMessage); everything
+else goes to `log` (window/logMessage).
+
+When no worker answers, the address is local (ipc:// or loopback tcp) and `spawnWorker` is
+on, the server starts `fim-server serve` on that address (bundled model unless
+`worker.model`), waits for its `ready` line, and stops it at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from fim_server.client import RequestFailed, WorkerClient, WorkerUnavailable
+from fim_server.protocol import ErrorCode, ResponseMsg
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+PROBE_DEADLINE_S = 1.0
+PROBE_BACKOFF_S = (0.25, 0.5, 1.0, 2.0)      # waits between probes while down; the last repeats
+SPAWN_READY_S = 180.0                         # model load and warm-up of a spawned worker
+RESPAWN_AFTER_S = 30.0                        # at most one spawn attempt per this interval
+LOOPBACK_HOSTS = ("127.", "localhost", "[::1]")
+
+
+def is_local(address: str) -> bool:
+    if address.startswith("ipc://"):
+        return True
+    host = address[len("tcp://"):] if address.startswith("tcp://") else ""
+    return host.startswith(LOOPBACK_HOSTS)
+
+
+class WorkerLink:
+    def __init__(self, settings: Settings, tell_user: Callable[[str], None], log_message: Callable[[str], None]):
+        self.settings = settings
+        self._tell_user = tell_user
+        self._log = log_message
+        self._client = WorkerClient(settings.worker_address)
+        self.state = "unknown"
+        self._reported = False                      # the user was told about this outage
+        self._recovery: Optional[asyncio.Task] = None
+        self._child: Optional[asyncio.subprocess.Process] = None
+        self._child_tasks: list[asyncio.Task] = []
+        self._child_log: Optional[str] = None
+        self._last_spawn = -RESPAWN_AFTER_S
+        self._started = False                       # start() ran: address changes probe at once
+        self._start_task: Optional[asyncio.Task] = None
+
+    # ---------------------------------------------------------------- public
+
+    async def start(self) -> None:
+        """Probe once (called at `initialized` and after the address changed)."""
+        self._started = True
+        if await self._probe():
+            self._up()
+        else:
+            self._down(f"nothing answered within {PROBE_DEADLINE_S:g} s")
+
+    def configure(self, settings: Settings) -> None:
+        old, self.settings = self.settings, settings
+        if settings.worker_address == old.worker_address:
+            return
+        self._client.close()
+        self._client = WorkerClient(settings.worker_address)
+        self._cancel_recovery()
+        self.state, self._reported = "unknown", False
+        if self._started:
+            self._start_task = asyncio.ensure_future(self.start())
+
+    async def infill(self, prefix: str, suffix: str, doc_key: str, single_line: bool,
+                     options: dict[str, Any], max_tokens: Optional[int]) -> Optional[ResponseMsg]:
+        """The worker's reply, or None when no worker is there (the user was told).
+        Raises RequestFailed for other worker errors; cancelling the caller cancels the request."""
+        if self.state in ("down", "starting", "closed"):
+            return None
+        try:
+            reply = await self._client.infill(
+                prefix, suffix, doc_key=doc_key, options=options, max_tokens=max_tokens,
+                single_line=single_line, deadline_s=self.settings.worker_timeout_ms / 1000)
+        except WorkerUnavailable as exc:
+            self._down(str(exc))
+            return None
+        except RequestFailed as exc:
+            if exc.code is ErrorCode.unavailable:       # it is shutting down
+                self._down(exc.message)
+                return None
+            raise
+        self._up()
+        return reply
+
+    async def cancel_document(self, doc_key: str) -> None:
+        if self.state != "up":
+            return
+        try:
+            await self._client.cancel(doc_key=doc_key)
+        except Exception as exc:                        # best effort: the request ends anyway
+            log.debug("cancel for %s not sent: %s", doc_key, exc)
+
+    async def stats(self) -> Optional[dict[str, Any]]:
+        try:
+            return await self._client.stats(deadline_s=PROBE_DEADLINE_S)
+        except (WorkerUnavailable, RequestFailed):
+            return None
+
+    def status(self) -> dict[str, Any]:
+        child = self._child
+        return {"address": self.settings.worker_address, "state": self.state,
+                "spawned_pid": child.pid if child and child.returncode is None else None,
+                "spawn_log": self._child_log}
+
+    async def close(self) -> None:
+        self.state = "closed"                       # what fails from here on is not an outage
+        self._cancel_recovery()
+        self._client.close()
+        await self._stop_child()
+
+    def kill_child_now(self) -> None:
+        """Synchronous last resort at process exit: SIGTERM the spawned worker."""
+        child = self._child
+        if child is not None and child.returncode is None:
+            try:
+                os.kill(child.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    # ---------------------------------------------------------------- state changes
+
+    def _up(self) -> None:
+        if self.state == "closed":
+            return
+        if self.state in ("down", "starting"):
+            self._log(f"fim: the completion worker at {self.settings.worker_address} answers again")
+        self.state, self._reported = "up", False
+
+    def _down(self, reason: str) -> None:
+        if self.state in ("down", "starting", "closed"):
+            return
+        self.state = "down"
+        log.warning("worker at %s unavailable: %s", self.settings.worker_address, reason)
+        self._cancel_recovery()
+        self._recovery = asyncio.ensure_future(self._recover(reason))
+
+    def _report(self, reason: str) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        address = self.settings.worker_address
+        hint = "" if self.settings.spawn_worker and is_local(address) else \
+            f" Start one with `fim-server serve --bind {address}`."
+        self._tell_user(f"fim: no completion worker answers at {address} ({reason}). "
+                        f"Completions are paused and resume by themselves when it is back.{hint}")
+
+    def _cancel_recovery(self) -> None:
+        if self._recovery is not None and not self._recovery.done():
+            self._recovery.cancel()
+        self._recovery = None
+
+    async def _recover(self, reason: str) -> None:
+        """Until a worker answers: spawn one when allowed, tell the user once, probe."""
+        for attempt in itertools.count():
+            if self._may_spawn():
+                spawned, why = await self._spawn()
+                if spawned:
+                    self._up()
+                    return
+                self.state, reason = "down", f"could not start one: {why}"
+            self._report(reason)
+            await asyncio.sleep(PROBE_BACKOFF_S[min(attempt, len(PROBE_BACKOFF_S) - 1)])
+            if await self._probe():
+                self._up()
+                return
+
+    async def _probe(self) -> bool:
+        return await self.stats() is not None
+
+    # ---------------------------------------------------------------- spawned worker
+
+    def _may_spawn(self) -> bool:
+        alive = self._child is not None and self._child.returncode is None
+        recent = time.monotonic() - self._last_spawn < RESPAWN_AFTER_S
+        return (self.settings.spawn_worker and is_local(self.settings.worker_address)
+                and not alive and not recent)
+
+    def _command(self) -> list[str]:
+        s = self.settings
+        cmd = [sys.executable, "-m", "fim_server.cli", "serve", "--bind", s.worker_address,
+               "--engine", s.engine_kind]
+        if s.worker_model:
+            cmd += ["--model", s.worker_model]
+        if s.worker_threads:
+            cmd += ["--threads", str(s.worker_threads)]
+        return cmd
+
+    async def _spawn(self) -> tuple[bool, str]:
+        """Start a worker and wait for its ready line: (ready, reason when not)."""
+        self.state, self._last_spawn = "starting", time.monotonic()
+        address = self.settings.worker_address
+        if address.startswith("ipc://"):
+            Path(address[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, self._child_log = tempfile.mkstemp(prefix="fim-worker-", suffix=".log")
+        self._log(f"fim: starting a completion worker at {address} (log: {self._child_log})")
+        try:
+            self._child = await asyncio.create_subprocess_exec(
+                *self._command(), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=fd)
+        except OSError as exc:
+            return False, str(exc)
+        finally:
+            os.close(fd)
+        try:
+            ready = await asyncio.wait_for(self._ready_line(self._child), SPAWN_READY_S)
+        except asyncio.TimeoutError:
+            ready = False
+        if not ready:
+            await self._stop_child()
+            return False, self._log_tail()
+        self._child_tasks = [asyncio.ensure_future(self._child.stdout.read()),   # keep the pipe drained
+                             asyncio.ensure_future(self._watch_child(self._child))]
+        return True, ""
+
+    @staticmethod
+    async def _ready_line(child: asyncio.subprocess.Process) -> bool:
+        while True:
+            line = await child.stdout.readline()
+            if not line:
+                return False
+            if line.startswith(b"ready "):
+                return True
+
+    async def _watch_child(self, child: asyncio.subprocess.Process) -> None:
+        status = await child.wait()
+        if child is self._child:
+            self._down(f"the worker it started exited with status {status}")
+
+    def _log_tail(self) -> str:
+        try:
+            lines = Path(self._child_log).read_text(errors="replace").strip().splitlines()
+        except (OSError, TypeError):
+            lines = []
+        return lines[-1][:300] if lines else "it exited before it was ready"
+
+    async def _stop_child(self) -> None:
+        child, self._child = self._child, None
+        for task in self._child_tasks:
+            task.cancel()
+        self._child_tasks = []
+        if child is None or child.returncode is not None:
+            return
+        child.terminate()
+        try:
+            await asyncio.wait_for(child.wait(), 10)
+        except asyncio.TimeoutError:
+            child.kill()
+            await child.wait()
