@@ -20,7 +20,9 @@ from typing import Any, Optional
 from urllib.parse import unquote
 
 from lsprotocol import types as lsp
+from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
 
 from fim_server import __version__
 
@@ -37,9 +39,23 @@ WORD_BEFORE = re.compile(r"[A-Za-z0-9_]*$")
 LABEL_CHARS = 80
 
 
+class FimProtocol(LanguageServerProtocol):
+    """pygls drops a request whose params do not parse (a negative line, a missing field)
+    without answering it, so the client would wait forever: answer it with the error."""
+
+    def structure_message(self, data: dict[str, Any]):
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            msg_id = data.get("id") if isinstance(data, dict) and "method" in data else None
+            if isinstance(msg_id, (int, str)):
+                self._send_response(msg_id, error=exc.to_response_error())
+            raise                           # pygls logs it and carries on with the next message
+
+
 class FimLanguageServer(LanguageServer):
     def __init__(self, defaults: Settings):
-        super().__init__("fim-lsp", __version__)
+        super().__init__("fim-lsp", __version__, protocol_cls=FimProtocol)
         self.defaults = defaults               # from the command line; client settings go over them
         self.settings = defaults
         self.telemetry = Telemetry()

@@ -17,12 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from lsprotocol import types as lsp
-from pygls.exceptions import JsonRpcRequestCancelled
+from pygls.exceptions import JsonRpcInvalidParams, JsonRpcRequestCancelled
 from pytest_lsp import ClientServerConfig, LanguageClient
 
 from fim_server.client import WorkerClient
@@ -351,11 +352,14 @@ async def _cancelled_since(worker: Worker, before: dict):
 async def test_bad_input_gets_sane_replies(start_lsp, worker):
     client = await lsp_on(start_lsp, worker, debounceMs=0)
     assert await inline(client, "file:///never-opened.py", 0, 0) == []
-    open_doc(client, "file:///point.py", POINT)
-    past_end = await inline(client, "file:///point.py", 999, 999)    # clamped to the end of the document
+    # one document per exact check: the worker may reuse a document's cached prefix, which
+    # (bidirectional attention) can change the weak model's greedy answer
+    open_doc(client, "file:///past-end.py", POINT)
+    past_end = await inline(client, "file:///past-end.py", 999, 999)  # clamped to the end of the document
     end = lsp.Position(line=2, character=0)
     assert all(i.insert_text.strip() and i.range.start == end for i in past_end)
-    past_line = await inline(client, "file:///point.py", 1, 500)     # = the end of line 1
+    open_doc(client, "file:///past-line.py", POINT)
+    past_line = await inline(client, "file:///past-line.py", 1, 500)  # = the end of line 1
     assert [i.insert_text for i in past_line] == ["name"]
     open_doc(client, "file:///blob.bin", "abc\x00\x01\x02def\n" * 10, language="plaintext")
     assert await inline(client, "file:///blob.bin", 3, 4) == []
@@ -369,6 +373,30 @@ async def test_bad_input_gets_sane_replies(start_lsp, worker):
     assert stats["bad_input"] == 2 and stats["accepted"] == 1
     assert stats["worker_errors"] == 0 and stats["computed"] == 3
     assert client.messages == []                                      # nothing to bother the user with
+
+
+async def raw_request(client: LanguageClient, msg_id: str, method: str, params) -> object:
+    """Send params as they are, past the client's own type checks; await the reply."""
+    future: Future = Future()
+    client.protocol._request_futures[msg_id] = future
+    client.protocol._send_data({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
+    return await asyncio.wait_for(asyncio.wrap_future(future), 30)
+
+
+async def test_malformed_requests_get_error_replies(start_lsp, worker):
+    client = await lsp_on(start_lsp, worker, debounceMs=0)
+    open_doc(client, "file:///malformed.py", POINT)
+    insert(client, "file:///never-opened.py", 2, 0, 0, "x")          # a change to an unknown document
+    here = {"textDocument": {"uri": "file:///malformed.py"}, "context": {"triggerKind": 1}}
+    for k, params in enumerate(({**here, "position": {"line": -1, "character": 0}},
+                                {**here, "position": {"line": 2 ** 40, "character": 0}},
+                                {"textDocument": {"uri": "file:///malformed.py"}})):
+        with pytest.raises(JsonRpcInvalidParams):                      # answered, not left hanging
+            await raw_request(client, f"bad-{k}", "textDocument/inlineCompletion", params)
+    with pytest.raises(JsonRpcInvalidParams):
+        await raw_request(client, "cmd", "workspace/executeCommand", {"command": "fim.nothing"})
+    assert [i.insert_text for i in await inline(client, "file:///malformed.py", *POINT_CURSOR)] == ["name"]
+    assert client.messages == []
 
 
 async def test_invalid_settings_are_reported_and_defaults_used(start_lsp, worker):
