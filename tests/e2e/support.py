@@ -13,6 +13,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 WORKER_READY_S = 180          # model load on a busy 2-core CPU
 OPT_IN = "FIM_E2E"
+# Decoding options for the tests: short answers keep the CPU time per suggestion low.
+ENGINE = {"max_tokens": 16}
+# (text already in the file, text typed at its end). The bundled model is tiny and being retrained,
+# so no test expects one exact suggestion: prompts are tried in turn until one gets a non-empty
+# one; what follows is then compared exactly with what the server sent.
+PROMPTS = [
+    ("def greet(name):\n    print", "("),
+    ("import os\n\n\ndef main():\n    path = o", "s"),
+    ("for i in range(10):\n    print", "("),
+]
 
 
 def free_port() -> int:

@@ -1,9 +1,8 @@
 """The Neovim plugin in a real headless Neovim 0.12, with the real fim-lsp and worker.
 
 Each test opens a Python file, types, waits for the ghost text, accepts it with a key and checks
-the buffer against the suggestion the server sent (the item Neovim's LSP client got). The bundled
-model is tiny and being retrained, so no test expects one exact suggestion: a few prompts are
-tried until one gets a non-empty suggestion, and everything after that is compared exactly.
+the buffer against the suggestion the server sent (the item Neovim's LSP client got); prompts
+are tried in turn until one gets a non-empty suggestion (support.PROMPTS).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import REPO, wait_for
+from .support import ENGINE, PROMPTS, REPO, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -27,12 +26,6 @@ pynvim = pytest.importorskip("pynvim", reason="pynvim drives Neovim: pip install
 
 PLUGIN = REPO / "editor-clients" / "neovim"
 SUGGESTION_WAIT_S = 90        # cold worker on a busy 2-core CPU
-# (text already in the file, text typed in Insert mode at its end)
-PROMPTS = [
-    ("def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    return ", "a"),
-    ("import os\n\n\ndef main():\n    path = ", "os"),
-    ("for i in range(10):\n    ", "print("),
-]
 NAMESPACES = {"native": "nvim.lsp.inline_completion", "ghost": "fim.ghost"}
 
 INIT = """
@@ -161,7 +154,7 @@ def accept_and_check(nvim, mode: str, key: str, part: str) -> dict:
     return accepted
 
 
-SETTINGS = {"spawnWorker": False, "engine": {"max_tokens": 16}}
+SETTINGS = {"spawnWorker": False, "engine": ENGINE}
 
 
 def settings_for(address: str) -> dict:

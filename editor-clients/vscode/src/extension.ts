@@ -10,7 +10,7 @@ import {
   TransportKind,
 } from "vscode-languageclient/node";
 import { ConfigGet, serverCommand, serverSettings } from "./settings";
-import { ServerStats, STATS_METHOD, statsReport, statusText } from "./status";
+import { ServerState, ServerStats, STATS_METHOD, statsReport, statusText } from "./status";
 
 const SECTION = "fim";
 
@@ -34,8 +34,15 @@ function isEnabled(): boolean {
   return vscode.workspace.getConfiguration(SECTION).get<boolean>("enable", true);
 }
 
+function serverState(): ServerState {
+  if (!client) {
+    return "stopped";
+  }
+  return client.isRunning() ? "running" : "starting";
+}
+
 function updateStatus(): void {
-  statusItem.text = statusText(lastStats, lastMs, isEnabled());
+  statusItem.text = statusText(lastStats, lastMs, isEnabled(), serverState());
   statusItem.tooltip = lastStats ? statsReport(lastStats, lastMs).join("\n") : "fim: no stats yet";
 }
 
@@ -91,6 +98,7 @@ async function startClient(): Promise<void> {
   }
   const server: ServerOptions = { command: command.command, args: command.args, transport: TransportKind.stdio };
   client = new LanguageClient("fim", "fim", server, clientOptions());
+  updateStatus();
   try {
     await client.start();
   } catch (err) {
@@ -144,6 +152,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   output = vscode.window.createOutputChannel("fim", { log: true });
   statusItem = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
   statusItem.command = "fim.showStats";
+  statusItem.name = "fim";
   statusItem.show();
   context.subscriptions.push(
     output,

@@ -17,8 +17,21 @@ function ms(value: number | null | undefined): string {
   return typeof value === "number" ? `${Math.round(value)} ms` : "-";
 }
 
-// "fim 212 ms 3/10": the editor's last round trip, accepted/shown. `enabled` false: "fim off".
-export function statusText(stats: ServerStats | undefined, lastMs: number | undefined, enabled: boolean): string {
+export type ServerState = "starting" | "running" | "stopped";
+
+// "fim 212 ms 3/10": the editor's last round trip, accepted/shown; or what keeps it from working.
+export function statusText(
+  stats: ServerStats | undefined,
+  lastMs: number | undefined,
+  enabled: boolean,
+  state: ServerState = "running",
+): string {
+  if (state === "starting") {
+    return "$(sync~spin) fim starting";
+  }
+  if (state === "stopped") {
+    return "$(error) fim: no server";
+  }
   if (!enabled) {
     return "$(circle-slash) fim off";
   }

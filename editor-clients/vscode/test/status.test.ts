@@ -6,6 +6,11 @@ describe("statusText", () => {
     assert.equal(statusText({ shown: 3 }, 10, false), "$(circle-slash) fim off");
   });
 
+  it("says when the server is starting or could not start", () => {
+    assert.equal(statusText(undefined, undefined, true, "starting"), "$(sync~spin) fim starting");
+    assert.equal(statusText({ shown: 1 }, 5, true, "stopped"), "$(error) fim: no server");
+  });
+
   it("shows the last round trip and accepted/shown", () => {
     assert.equal(statusText(undefined, undefined, true), "$(sparkle) fim");
     assert.equal(statusText(undefined, 41.6, true), "$(sparkle) fim 42 ms");
