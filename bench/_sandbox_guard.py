@@ -1,7 +1,9 @@
 """Runs inside the sandbox child (passed as `python -I -B -c <this file>`), never imported.
 
-stdin carries one line with a per-run nonce, then the untrusted program. This guard caps
-resources, installs an audit hook (PEP 578) that refuses network, process creation and
+A file descriptor (the last argument) carries one line with a per-run nonce, then the
+untrusted program; it is read and closed before the program runs, so stdin stays free for
+the program's own input (SAFIM feeds each unit test there). This guard caps resources,
+installs an audit hook (PEP 578) that refuses network, process creation and
 writes outside the working directory, runs the program, and prints the nonce only when the
 program ran to the end. The parent trusts "passed" only with the nonce, so a program that
 exits early with status 0 (sys.exit(0), os._exit(0)) cannot fake a pass.
@@ -10,7 +12,7 @@ The audit hook is defence in depth, not a security boundary (ctypes-free Python 
 remove it, but native code could); the rlimits, the throwaway cwd, a clean environment and
 the parent's process-group kill are the other layers.
 
-argv: memory_bytes cpu_seconds file_size_bytes
+argv: memory_bytes cpu_seconds file_size_bytes payload_fd
 Exit codes: 0 finished, 1 exception, 2 does not compile, 3 exited early via SystemExit.
 """
 
@@ -107,9 +109,9 @@ def refuse_special_files(*args, **kwargs):
 
 
 def main():
-    memory_bytes, cpu_seconds, file_size_bytes = (int(a) for a in sys.argv[1:4])
-    nonce = sys.stdin.readline().strip()
-    source = sys.stdin.read()
+    memory_bytes, cpu_seconds, file_size_bytes, payload_fd = (int(a) for a in sys.argv[1:5])
+    with os.fdopen(payload_fd, "rb") as payload:
+        nonce, _, source = payload.read().decode("utf-8", errors="replace").partition("\n")
     set_limits(memory_bytes, cpu_seconds, file_size_bytes)
     hook, os.open = make_guards(os.path.realpath(os.getcwd()))
     sys.addaudithook(hook)
@@ -130,7 +132,7 @@ def main():
     except BaseException:
         traceback.print_exc()
         sys.exit(1)
-    sys.stdout.write("\n" + nonce + "\n")
+    sys.stdout.write("\n" + nonce.strip() + "\n")
     sys.stdout.flush()
 
 

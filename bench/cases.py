@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
 
 
 @dataclass(frozen=True)
@@ -10,7 +11,8 @@ class FimCase:
     """A fill-in-the-middle problem: the model sees prefix and suffix and must write middle.
 
     `test` and `entry_point` are set only for executable suites (HumanEval); repository
-    cases have no tests and are scored with text metrics instead.
+    cases have no tests and are scored with text metrics instead. `meta` holds what another
+    suite's scorer needs (SAFIM: the evaluation program and its unit tests).
     """
 
     id: str
@@ -21,3 +23,4 @@ class FimCase:
     entry_point: str | None
     suite: str
     kind: str
+    meta: Optional[Mapping[str, Any]] = field(default=None, compare=False)

@@ -2,7 +2,8 @@
 
 Each program runs in its own `python -I -B` subprocess, in a fresh temporary directory
 that is removed afterwards, with a clean environment and its own process group (killed as a
-whole on timeout). Inside the child, `_sandbox_guard.py` sets the resource limits and an
+whole on timeout). The program text reaches the child through an unlinked temporary file
+passed as an extra descriptor, so stdin carries only the program's own input. Inside the child, `_sandbox_guard.py` sets the resource limits and an
 audit hook that refuses network access, new processes and writes outside that directory.
 
 The limits are set by the child itself rather than in a `preexec_fn`: scoring runs many
@@ -44,6 +45,7 @@ class ExecResult:
     passed: bool
     status: Status
     detail: str
+    output: str = ""  # what the program printed (nonce removed); only with capture_output
 
 
 def _read_tail(path: Path) -> str:
@@ -63,7 +65,7 @@ def _kill_group(pid: int) -> None:
 def _classify(returncode: int, stdout: str, stderr: str, nonce: str) -> ExecResult:
     last_error_line = stderr.strip().splitlines()[-1] if stderr.strip() else ""
     if returncode == 0 and stdout.rstrip().endswith(nonce):
-        return ExecResult(True, "passed", "")
+        return ExecResult(True, "passed", "", stdout.rstrip()[: -len(nonce)])
     if returncode == 0:
         return ExecResult(False, "failed", "exited before the program finished")
     if returncode == 2:
@@ -76,26 +78,32 @@ def _classify(returncode: int, stdout: str, stderr: str, nonce: str) -> ExecResu
     return ExecResult(False, "failed", last_error_line or f"exit status {returncode}")
 
 
-def _command(timeout_s: float) -> list[str]:
+def _command(timeout_s: float, payload_fd: int) -> list[str]:
     # -I: ignore PYTHON* variables, user site-packages and the script directory; -B: no .pyc.
     cpu_seconds = int(timeout_s) + 1
-    return [sys.executable, "-I", "-B", "-c", GUARD_SOURCE, str(MEMORY_BYTES), str(cpu_seconds), str(FILE_SIZE_BYTES)]
+    return [sys.executable, "-I", "-B", "-c", GUARD_SOURCE, str(MEMORY_BYTES), str(cpu_seconds),
+            str(FILE_SIZE_BYTES), str(payload_fd)]
 
 
-def _run_in(workdir: Path, source: str, timeout_s: float) -> ExecResult:
+def _run_in(workdir: Path, source: str, timeout_s: float, stdin: str, capture_output: bool) -> ExecResult:
     nonce = secrets.token_hex(16)
     # A clean environment: no inherited secrets, and temp files land in the sandbox dir.
     env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8"}
     # Output goes to files, not pipes, so a chatty program cannot fill our memory;
-    # RLIMIT_FSIZE caps their size.
-    with open(workdir / "stdout", "wb") as out, open(workdir / "stderr", "wb") as err:
+    # RLIMIT_FSIZE caps their size. The payload file is unlinked already (TemporaryFile) and
+    # the guard closes it before the program runs.
+    with open(workdir / "stdout", "wb") as out, open(workdir / "stderr", "wb") as err, \
+            tempfile.TemporaryFile() as payload:
+        payload.write((nonce + "\n" + source).encode("utf-8", errors="replace"))
+        payload.flush()
+        payload.seek(0)
         proc = subprocess.Popen(
-            _command(timeout_s), cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=out, stderr=err,
-            start_new_session=True,
+            _command(timeout_s, payload.fileno()), cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=out,
+            stderr=err, start_new_session=True, pass_fds=(payload.fileno(),),
         )
         timed_out = False
         try:
-            proc.communicate((nonce + "\n" + source).encode("utf-8", errors="replace"), timeout=timeout_s)
+            proc.communicate(stdin.encode("utf-8", errors="replace"), timeout=timeout_s)
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
@@ -104,14 +112,20 @@ def _run_in(workdir: Path, source: str, timeout_s: float) -> ExecResult:
             proc.wait()
     if timed_out:
         return ExecResult(False, "timeout", f"no result after {timeout_s:g} s")
-    return _classify(proc.returncode, _read_tail(workdir / "stdout"), _read_tail(workdir / "stderr"), nonce)
+    stdout = (workdir / "stdout").read_bytes().decode("utf-8", errors="replace") if capture_output \
+        else _read_tail(workdir / "stdout")
+    return _classify(proc.returncode, stdout, _read_tail(workdir / "stderr"), nonce)
 
 
-def run_program(source: str, timeout_s: float = 3.0) -> ExecResult:
-    """Run `source` as a script in the sandbox; passed only if it finishes without error."""
+def run_program(source: str, timeout_s: float = 3.0, stdin: str = "", capture_output: bool = False) -> ExecResult:
+    """Run `source` as a script in the sandbox; passed only if it finishes without error.
+
+    stdin: the program's input. capture_output: keep all it printed (up to the file size
+    limit) in ExecResult.output; otherwise only a tail is read, to classify the outcome.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="fim-sandbox-"))
     try:
-        return _run_in(workdir, source, timeout_s)
+        return _run_in(workdir, source, timeout_s, stdin, capture_output)
     except OSError as e:
         return ExecResult(False, "error", f"sandbox failure: {e}")
     finally:

@@ -1,0 +1,97 @@
+"""Settings: one engine plus the per-request decoding options it is run with.
+
+`--sweep threshold=0.5,0.7,0.9 --sweep block_size=8,32` gives every combination, for each
+engine the option applies to: the diffusion options (threshold, block size, cache, unmask
+rule, early commit, ...) to `diffusion` and `speculative` (they shape its draft), the draft
+options to `speculative` only, the common ones (max_tokens, temperature, ...) to all. The AR
+baseline takes none of the diffusion options, so it is one setting. Options travel in each
+request's `options` map, exactly as an editor's would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from fim_server.config import ENGINES, DecodeConfig
+
+COMMON = {"max_tokens", "temperature", "seed", "context_tokens", "kv_reuse", "single_line"}
+SPECULATIVE_ONLY = {"draft_length", "draft_steps"}
+NOT_SWEPT = {"engine"}
+_FIELDS = {f.name: f for f in dataclasses.fields(DecodeConfig)}
+DIFFUSION = set(_FIELDS) - COMMON - SPECULATIVE_ONLY - NOT_SWEPT
+
+
+def applies(option: str, engine: str) -> bool:
+    if option in COMMON:
+        return True
+    if engine == "ar":
+        return False
+    return option in DIFFUSION or (engine == "speculative" and option in SPECULATIVE_ONLY)
+
+
+@dataclass(frozen=True)
+class Setting:
+    engine: str
+    options: tuple[tuple[str, Any], ...] = ()      # swept options, in the order given
+
+    @property
+    def name(self) -> str:
+        return " ".join([self.engine, *(f"{k}={_show(v)}" for k, v in self.options)])
+
+    def request_options(self, base: dict[str, Any]) -> dict[str, Any]:
+        return {**base, **dict(self.options)}
+
+
+def _show(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _parse_value(option: str, text: str) -> Any:
+    kind = type(getattr(DecodeConfig(), option))
+    text = text.strip()
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--sweep {option}: {text!r} is not true/false")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"--sweep {option}: {text!r} is not a {kind.__name__}") from None
+
+
+def parse_sweep(specs: list[str]) -> dict[str, list[Any]]:
+    """["threshold=0.5,0.9", "cache=none,dual"] -> {"threshold": [0.5, 0.9], "cache": ["none", "dual"]}"""
+    sweep: dict[str, list[Any]] = {}
+    for spec in specs:
+        option, sep, values = spec.partition("=")
+        option = option.strip().replace("-", "_")
+        if not sep or not values.strip():
+            raise ValueError(f"--sweep {spec!r}: write OPTION=VALUE,VALUE,...")
+        if option not in _FIELDS or option in NOT_SWEPT:
+            known = ", ".join(sorted(set(_FIELDS) - NOT_SWEPT))
+            raise ValueError(f"--sweep {option}: not a decoding option; known: {known}")
+        if option in sweep:
+            raise ValueError(f"--sweep {option} given twice")
+        sweep[option] = [_parse_value(option, v) for v in values.split(",") if v.strip()]
+    return sweep
+
+
+def build_settings(engines: list[str], sweep: dict[str, list[Any]], base: dict[str, Any]) -> list[Setting]:
+    """Every engine x every combination of the swept options that apply to it; each one is
+    checked by building its DecodeConfig, so a bad value fails before any worker starts."""
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or not engines:
+        raise ValueError(f"--engines: {', '.join(unknown) or 'none given'}; known: {', '.join(ENGINES)}")
+    settings = []
+    for engine in dict.fromkeys(engines):
+        options = [k for k in sweep if applies(k, engine)]
+        for values in itertools.product(*(sweep[k] for k in options)):
+            setting = Setting(engine, tuple(zip(options, values)))
+            DecodeConfig(engine=engine).replace(**setting.request_options(base))   # raises ValueError
+            settings.append(setting)
+    return settings
