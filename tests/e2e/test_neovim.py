@@ -31,6 +31,8 @@ NAMESPACES = {"native": "nvim.lsp.inline_completion", "ghost": "fim.ghost"}
 INIT = """
 vim.opt.rtp:prepend({plugin})
 vim.o.swapfile = false
+vim.o.termguicolors = true  -- what a modern terminal gets; a detached tmux cannot answer the query
+vim.o.statusline = "%f %m%=%{{v:lua.require'fim'.statusline()}} "
 local settings = vim.json.decode(table.concat(vim.fn.readfile({settings}), "\\n"))
 require("fim").setup({{ cmd = {{ {fim_lsp} }}, filetypes = {{ "python" }}, native = {native}, settings = settings }})
 """
@@ -76,8 +78,10 @@ def lua_string(value: str) -> str:
 
 
 @contextmanager
-def open_editor(tmp_path: Path, fim_lsp: str, mode: str, settings: dict, wait_attach: bool = True):
-    """A headless Neovim with the plugin set up on an empty example.py; yields (nvim, file)."""
+def open_editor(tmp_path: Path, fim_lsp: str, mode: str, settings: dict, wait_attach: bool = True,
+                tmux: str | None = None):
+    """Neovim with the plugin set up on an empty example.py; yields (nvim, file). Headless, or
+    with its terminal UI in a detached tmux session named `tmux` (for what the screen shows)."""
     settings_file = tmp_path / "settings.json"
     settings_file.write_text(json.dumps(settings))
     init = tmp_path / "init.lua"
@@ -86,9 +90,12 @@ def open_editor(tmp_path: Path, fim_lsp: str, mode: str, settings: dict, wait_at
     source = tmp_path / "example.py"
     source.write_text("")
     sock = tmp_path / "nvim.sock"
-    proc = subprocess.Popen([nvim_binary(), "--headless", "-i", "NONE", "-n", "-u", str(init),
-                             "--listen", str(sock), str(source)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = [nvim_binary(), "-i", "NONE", "-n", "-u", str(init), "--listen", str(sock), str(source)]
+    if tmux:
+        argv = ["tmux", "-L", tmux, "new-session", "-d", "-x", "78", "-y", "12", *argv]
+    else:
+        argv.insert(1, "--headless")
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(sock.exists, 30, "Neovim's socket")
         nvim = pynvim.attach("socket", path=str(sock))
@@ -97,6 +104,8 @@ def open_editor(tmp_path: Path, fim_lsp: str, mode: str, settings: dict, wait_at
                      "fim-lsp to attach")
         yield nvim, source
     finally:
+        if tmux:
+            subprocess.run(["tmux", "-L", tmux, "kill-server"], capture_output=True, timeout=30)
         proc.terminate()              # fim-lsp sees its stdin close and exits too
         try:
             proc.wait(timeout=15)
@@ -201,3 +210,46 @@ def test_checkhealth_says_what_is_missing(tmp_path):
 def checkhealth(nvim) -> str:
     nvim.command("checkhealth fim")
     return wait_for(lambda: (text := buffer_text(nvim)) and "fim" in text and text, 30, ":checkhealth fim")
+
+
+def test_ghost_text_is_drawn_on_the_terminal_screen(worker, tmp_path, fim_lsp):
+    """Neovim's real terminal UI (in tmux) shows the suggestion after the typed text."""
+    if not shutil.which("tmux"):
+        pytest.skip("tmux not found (apt-get install tmux)")
+    name = f"fim-e2e-{os.getpid()}"
+    with open_editor(tmp_path, fim_lsp, "native", settings_for(worker), tmux=name) as (nvim, _source):
+        before, ghost = type_until_suggestion(nvim, "native")
+        expected = before.split("\n")[-1] + ghost.split("\n")[0]
+        screen = wait_for(lambda: (text := capture(name)) and expected in text and text, 10,
+                          f"{expected!r} on the screen")
+        assert expected in screen
+        wait_for(lambda: re.search(r"example\.py .*fim \d+ ms \d+/[1-9]", capture(name)), 10,
+                 "the statusline component on the screen")
+        shots = os.environ.get("FIM_E2E_SCREENSHOTS")
+        if shots:
+            screenshot(capture(name, colors=True), Path(shots) / "neovim.png")
+
+
+def capture(session: str, colors: bool = False) -> str:
+    argv = ["tmux", "-L", session, "capture-pane", "-p", *(["-e"] if colors else [])]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+
+
+def screenshot(ansi: str, path: Path) -> None:
+    """Terminal screen (ANSI colours) -> HTML with aha -> PNG with headless Chromium."""
+    if not shutil.which("aha"):
+        pytest.skip("aha not found (apt-get install aha): no screenshot")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    style = "color:#e0e2ea; background-color:#14161b"     # Neovim's default colours
+    html = subprocess.run(["aha", "--style", style, "--title", "fim"], input=ansi, capture_output=True,
+                          text=True, check=True, timeout=30).stdout
+    page_file = path.with_suffix(".html")
+    page_file.write_text(html.replace("<pre>", '<pre style="font-size:15px;margin:6px">'))
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
+                                             args=["--no-sandbox", "--disable-gpu", "--no-first-run",
+                                                   "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 720, "height": 260})
+        page.goto(page_file.as_uri())
+        page.screenshot(path=str(path))
+        browser.close()

@@ -31,6 +31,14 @@ function M.track(client_name)
       elseif request.type == "complete" and sent[id] then
         cache.last_ms = (vim.uv.hrtime() - sent[id]) / 1e6
         sent[id] = nil
+        -- the counts changed too: refresh them for the statusline
+        if not cache.pending then
+          vim.schedule(function()
+            M.fetch(function()
+              vim.cmd("redrawstatus")
+            end)
+          end)
+        end
       else
         sent[id] = nil
       end
