@@ -137,6 +137,7 @@ class CompletionService:
         if reply.cancelled:          # stopped on the worker's side (it is shutting down): nothing to show
             return None
         self.telemetry.count("computed")
+        self.telemetry.worker_answered(uri, reply.stats)
         return finish(reply.text, ctx, settings.max_lines)
 
     # ---------------------------------------------------------------- helpers

@@ -35,6 +35,7 @@ class Telemetry:
         self.counts: Counter[str] = Counter({name: 0 for name in COUNTERS})
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.started = time.monotonic()
+        self.last_worker: dict[str, Any] | None = None     # timing of the latest worker answer
 
     def count(self, name: str, n: int = 1) -> None:
         self.counts[name] += n
@@ -44,6 +45,13 @@ class Telemetry:
         self.latencies.append((time.monotonic() - started) * 1000)
         self.count("shown" if shown else "empty")
 
+    def worker_answered(self, uri: str, stats: dict[str, Any]) -> None:
+        """The worker's own figures for its latest answer: time inside the worker (queue and
+        compute) and in the engine, so a client can tell model time from transport time."""
+        self.last_worker = {"uri": uri, "worker_ms": stats.get("latency_ms"),
+                            "engine_ms": stats.get("engine_latency_ms"), "nfe": stats.get("nfe"),
+                            "reused": stats.get("reused")}
+
     def snapshot(self) -> dict[str, Any]:
         latencies = list(self.latencies)
         shown = self.counts["shown"]
@@ -52,5 +60,6 @@ class Telemetry:
             "acceptance_rate": round(self.counts["accepted"] / shown, 4) if shown else None,
             "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
                            "window": len(latencies)},
+            "last_worker": self.last_worker,
             "uptime_s": round(time.monotonic() - self.started, 3),
         }
