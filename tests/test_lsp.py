@@ -102,10 +102,17 @@ class Servers:
     def __init__(self) -> None:
         self.clients: list[LanguageClient] = []
 
-    async def __call__(self, *args: str, options: dict | None = None) -> LanguageClient:
+    async def __call__(self, *args: str, options: dict | None = None, pulled: dict | None = None) -> LanguageClient:
+        """options: initializationOptions; pulled: settings the client hands out when the
+        server asks with workspace/configuration (section "fim")."""
         client = await ClientServerConfig(server_command=[*fim_lsp(), *args]).start()
         self.clients.append(client)
-        await client.initialize_session(lsp.InitializeParams(capabilities=CAPABILITIES,
+        capabilities = CAPABILITIES
+        if pulled is not None:
+            client.set_configuration(pulled, section="fim")
+            capabilities = lsp.ClientCapabilities(text_document=CAPABILITIES.text_document,
+                                                  workspace=lsp.WorkspaceClientCapabilities(configuration=True))
+        await client.initialize_session(lsp.InitializeParams(capabilities=capabilities,
                                                              initialization_options=options))
         return client
 
@@ -416,6 +423,19 @@ async def test_invalid_settings_are_reported_and_defaults_used(start_lsp, worker
     await inline(client, "file:///notes.md", 2, 12)                        # enabled again: the worker answers
     stats = await server_stats(client)
     assert (stats["disabled"], stats["computed"]) == (1, 1)
+
+
+async def test_settings_pulled_with_workspace_configuration(start_lsp, worker):
+    client = await start_lsp("--no-spawn", pulled={"worker": {"address": worker.address}, "maxLines": 3,
+                                                   "debounceMs": 0})
+    await wait_until(_setting(client, "maxLines", 3))
+    assert (await server_stats(client))["worker"]["address"] == worker.address
+    open_doc(client, "file:///pulled.py", POINT)
+    assert [i.insert_text for i in await inline(client, "file:///pulled.py", *POINT_CURSOR)] == ["name"]
+    client.set_configuration(5, section="fim.maxLines")
+    client.workspace_did_change_configuration(lsp.DidChangeConfigurationParams(settings=None))
+    await wait_until(_setting(client, "maxLines", 5))               # pulled again on the change
+    assert client.messages == []
 
 
 def _has_messages(client: LanguageClient):
