@@ -6,32 +6,38 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-ENGINES = ("diffusion", "ar")
+ENGINES = ("diffusion", "ar", "speculative")
 CACHE_MODES = ("none", "prefix", "dual")
-UNMASK_RULES = ("threshold", "factor")
+UNMASK_RULES = ("threshold", "factor", "eb")
 LENGTH_POLICIES = ("auto", "expand", "fixed")
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    engine: str = "diffusion"      # diffusion | ar
+    engine: str = "diffusion"      # diffusion | ar | speculative (diffusion drafts, AR verifies)
     max_tokens: int = 64           # cap on middle tokens (the canvas never grows past it)
     single_line: bool = False      # stop at the end of the first line of the middle
     temperature: float = 0.0       # 0 = greedy
     seed: int = 0                  # used only when temperature > 0
     context_tokens: int = 0        # prefix + suffix budget in tokens; 0 = the model's own limit
+    kv_reuse: bool = True          # reuse the KV of the tokens a request shares with the document's previous one
     # diffusion only
     block_size: int = 32           # semi-autoregressive block length (canvas positions)
     cache: str = "dual"            # none | prefix | dual
     refresh_every: int = 0         # recompute the cache every N steps inside a block; 0 = at block start only
-    unmask: str = "threshold"      # threshold | factor
+    unmask: str = "threshold"      # threshold | factor | eb
     threshold: float = 0.9         # tau: commit every masked position with confidence >= tau
     factor: float = 1.0            # f: commit the largest n with c_(n) >= 1 - f / (n + 1)
+    eb_gamma: float = 0.1          # eb: commit the most confident while their entropy sum less the largest <= gamma (nats)
+    early_commit: float = 0.0      # commit the whole block once every masked top1 - top2 probability gap >= this; 0 = off
     length: str = "auto"           # auto (expand if the model can) | expand | fixed (over-allocate + end fill)
     initial_length: int = 16       # starting canvas for the expand/delete policy
     max_steps: int = 0             # hard cap on denoising steps per request; 0 = 4 * max_tokens
     end_guard: bool = True         # end/delete tokens only at the first undecided slot, after >= 1 token: a settled end
                                    # closes the middle (prevents the end-token over-commit collapse)
+    # speculative only (the diffusion options above shape the draft)
+    draft_length: int = 8          # middle tokens the diffusion coder drafts per AR verification
+    draft_steps: int = 2           # denoising steps per draft at most (the last step commits what is left)
 
     def __post_init__(self) -> None:
         _check_choice("engine", self.engine, ENGINES)
@@ -43,6 +49,10 @@ class DecodeConfig:
         _check_range("initial_length", self.initial_length, 1, 4096)
         _check_range("threshold", self.threshold, 0.0, 1.0)
         _check_range("factor", self.factor, 0.0, 64.0)
+        _check_range("eb_gamma", self.eb_gamma, 0.0, 1000.0)
+        _check_range("early_commit", self.early_commit, 0.0, 1.0)
+        _check_range("draft_length", self.draft_length, 1, 4096)
+        _check_range("draft_steps", self.draft_steps, 1, 4096)
         _check_range("temperature", self.temperature, 0.0, 10.0)
         _check_range("refresh_every", self.refresh_every, 0, 1 << 20)
         _check_range("max_steps", self.max_steps, 0, 1 << 20)

@@ -312,7 +312,7 @@ class Worker:
 
     def _run_batch(self, pipe: zmq.Socket, batch: list[Job]) -> None:
         self.stats.batch(len(batch))
-        requests = [InfillRequest(j.msg.prefix, j.msg.suffix, j.msg.id) for j in batch]
+        requests = [InfillRequest(j.msg.prefix, j.msg.suffix, j.msg.id, key=j.msg.doc_key or "") for j in batch]
         try:
             results = self.engine.infill(requests, batch[0].config, self.scheduler.should_stop(batch))
             replies = [self._reply(job, result, len(batch)) for job, result in zip(batch, results)]
@@ -356,7 +356,8 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
 
 def serve(options: WorkerOptions, model: str, kind: str, device: Optional[str] = None,
-          dtype: Optional[str] = None, family: Optional[str] = None, random_weights: bool = False) -> int:
+          dtype: Optional[str] = None, family: Optional[str] = None, random_weights: bool = False,
+          ar_model: Optional[str] = None) -> int:
     """Bind, load and warm the engine, print `ready <endpoint>`, serve until SIGTERM/SIGINT."""
     stop = threading.Event()
     install_signal_handlers(stop)
@@ -365,7 +366,7 @@ def serve(options: WorkerOptions, model: str, kind: str, device: Optional[str] =
         from .engine import load_engine
 
         t0 = time.perf_counter()
-        engine = load_engine(kind, model, device=device, dtype=dtype, family=family)
+        engine = load_engine(kind, model, device=device, dtype=dtype, family=family, ar_model=ar_model)
         load_ms = (time.perf_counter() - t0) * 1000
         log.info("loaded %s (%s engine) on %s in %.0f ms", engine.lm.source, kind, engine.lm.device, load_ms)
         warmup_ms = engine.warmup() * 1000

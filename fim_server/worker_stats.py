@@ -33,6 +33,9 @@ class WorkerStats:
         self.nfe = 0                                # over computed answers only
         self.tokens = 0
         self.computed = 0
+        self.prompt_tokens = 0                      # prefix + suffix tokens of computed answers
+        self.kv_reused_tokens = 0                   # of which the KV came from the document's last request
+        self.kv_reused_requests = 0
         self._lock = threading.Lock()
 
     def count(self, name: str, n: int = 1) -> None:
@@ -54,6 +57,10 @@ class WorkerStats:
             self.computed += 1
             self.nfe += int(engine_stats.get("nfe", 0))
             self.tokens += int(engine_stats.get("tokens", 0))
+            self.prompt_tokens += int(engine_stats.get("prompt_tokens", 0))
+            reused = int(engine_stats.get("reused_tokens", 0))
+            self.kv_reused_tokens += reused
+            self.kv_reused_requests += reused > 0
 
     def snapshot(self, queued: int, running: int) -> dict[str, Any]:
         with self._lock:
@@ -69,6 +76,10 @@ class WorkerStats:
                 # NFE and tokens per forward are over computed answers: reused ones ran no model
                 "mean_nfe": round(self.nfe / self.computed, 3) if self.computed else None,
                 "tokens_per_forward": round(self.tokens / self.nfe, 4) if self.nfe else None,
+                # cross-request KV reuse (typed a few characters: the shared leading tokens' KV is kept)
+                "kv_reuse": {"requests": self.kv_reused_requests, "tokens": self.kv_reused_tokens,
+                             "prompt_tokens": self.prompt_tokens,
+                             "share": round(self.kv_reused_tokens / self.prompt_tokens, 4) if self.prompt_tokens else None},
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
                 "uptime_s": round(time.monotonic() - self.started, 3),
             }

@@ -23,7 +23,9 @@ from transformers import DynamicCache
 from ..config import DecodeConfig
 from ..models.loader import LoadedModel
 from ..postprocess import line_complete, postprocess
+from .kv import RowKV, assemble
 from .layout import fit_context
+from .prefix_store import PrefixStore
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 
 
@@ -33,6 +35,8 @@ class _Row:
 
     prompt: list[int]                               # PSM prompt ids, special tokens included
     stats: Stats
+    key: str = ""                                   # document key for cross-request KV reuse
+    past: Optional[RowKV] = None                    # KV of prompt[:reused], from the document's last request
     ids: list[int] = field(default_factory=list)    # middle tokens so far (the end token excluded)
     nfe: int = 0                                    # forwards whose logits this row used
     stop_reason: str = ""                           # "" while running
@@ -48,7 +52,7 @@ class _Row:
 class AREngine:
     kind = "ar"
 
-    def __init__(self, lm: LoadedModel):
+    def __init__(self, lm: LoadedModel, kv_store: Optional[PrefixStore] = None):
         if lm.family.is_diffusion:
             raise ValueError(f"{lm.family.name} is a diffusion model; the AR engine needs a causal one")
         self.lm = lm
@@ -64,6 +68,7 @@ class AREngine:
         self.special_tokens = len(self.prompt([], []))
         takes_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self.forward_kwargs = {"logits_to_keep": 1} if takes_keep else {}
+        self.kv_store = kv_store if kv_store is not None else PrefixStore()
 
     # ---------------------------------------------------------------- public
 
@@ -101,7 +106,11 @@ class AREngine:
         ctx = fit_context(self.tok, req.prefix, req.suffix, self.budget(config))
         stats = Stats(engine="ar", cache="", truncated=ctx.truncated,
                       prompt_tokens=len(ctx.prefix_ids) + len(ctx.suffix_ids))
-        return _Row(prompt=self.prompt(ctx.prefix_ids, ctx.suffix_ids), stats=stats)
+        row = _Row(prompt=self.prompt(ctx.prefix_ids, ctx.suffix_ids), stats=stats,
+                   key=req.key if config.kv_reuse else "")
+        # exact for a causal model; at least the last prompt token is computed, for its logits
+        stats.reused_tokens, row.past = self.kv_store.lookup(row.key, row.prompt, len(row.prompt) - 1)
+        return row
 
     def _result(self, row: _Row, req: InfillRequest, config: DecodeConfig, encode_ms: float,
                 decode_ms: float, t0: float) -> InfillResult:
@@ -125,9 +134,9 @@ class AREngine:
         self._poll(rows, should_stop)                 # requests may be cancelled before any forward
         if all(r.done for r in rows):
             return
-        input_ids, mask, positions = self._left_pad([r.prompt for r in rows])   # [B, T] each
-        cache = DynamicCache(config=self.model.config)
+        input_ids, mask, positions, cache = self._prefill_inputs(rows)          # [B, T] each
         logits = self.prefill(input_ids, mask, positions, cache)                # [B, V]
+        self._remember_prompts(rows, cache, mask)
         for step in range(config.max_tokens):
             tokens = self.pick(logits, config, generator)                       # [B]
             for row, token in zip(rows, tokens.tolist()):
@@ -187,6 +196,33 @@ class AREngine:
             return
         for i in set(should_stop(running)) & set(running):
             rows[i].finish("cancelled")
+
+    def _prefill_inputs(self, rows: list[_Row]):
+        """Input ids, attention mask, position ids and the cache to prefill with.
+
+        Without reused KV: whole prompts, left-padded, and an empty cache. With it: each row's
+        reused KV left-padded into the cache ([B, H, C, D]) and only the rest of its prompt as
+        input; the mask covers cache + input ([B, C + T]) and may have a gap of padding between
+        them, which attention ignores. Positions continue from each row's reused length."""
+        reused = [r.past.length if r.past is not None else 0 for r in rows]
+        input_ids, mask, positions = self._left_pad([r.prompt[n:] for r, n in zip(rows, reused)])
+        if not any(reused):
+            return input_ids, mask, positions, DynamicCache(config=self.model.config)
+        cache, past_valid = assemble([r.past or RowKV.empty_like(self._any_past(rows)) for r in rows],
+                                     self.model.config, left_pad=True)                  # [B, C]
+        positions = positions + torch.tensor(reused, device=positions.device)[:, None]
+        return input_ids, torch.cat([past_valid.long(), mask], dim=1), positions, cache
+
+    @staticmethod
+    def _any_past(rows: list[_Row]) -> RowKV:
+        return next(r.past for r in rows if r.past is not None)
+
+    def _remember_prompts(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Store each keyed row's prompt KV (the prompt's slots are its valid mask entries)."""
+        for b, row in enumerate(rows):
+            if row.key and not row.done:
+                slots = mask[b].nonzero().flatten()                  # [len(prompt)]
+                self.kv_store.store(row.key, row.prompt, RowKV.capture(cache, b, slots))
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prompts -> input ids, attention mask and position ids, each [B, T], left-padded."""

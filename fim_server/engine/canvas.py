@@ -29,10 +29,14 @@ class Canvas:
     steps_in_block: int = 0
     kv: Optional[RowKV] = None     # cache captured at the last refresh (None: refresh next step)
     stale: bool = False            # cached positions moved (expand/delete) since the refresh
+    key: str = ""                  # document key: its lead KV is stored for the next request
+    past: Optional[RowKV] = None   # KV of lead[:reused] from the document's previous request
+    lead_kv: Optional[RowKV] = None  # KV of the lead's first positions at the last refresh (kept past finish)
     done: bool = False
     stop_reason: str = ""
     nfe: int = 0
     steps: int = 0
+    early_commits: int = 0         # steps where early commit took the whole block
 
     def __post_init__(self) -> None:
         self.block_end = min(self.block_size, len(self.canvas))

@@ -23,14 +23,15 @@ from ..postprocess import line_complete, postprocess
 from .canvas import Canvas
 from .kv import RowKV, assemble
 from .layout import fit_context
+from .prefix_store import PrefixStore
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
-from .unmask import make_rule
+from .unmask import choose, make_rule
 
 
 class DiffusionEngine:
     kind = "diffusion"
 
-    def __init__(self, lm: LoadedModel):
+    def __init__(self, lm: LoadedModel, kv_store: Optional[PrefixStore] = None):
         if not lm.family.is_diffusion:
             raise ValueError(f"{lm.family.name} is not a diffusion model")
         self.lm = lm
@@ -43,6 +44,7 @@ class DiffusionEngine:
         self.banned[[i for i in self.ids.banned if i < vocab]] = True
         # tokens the end guard holds back: the family's end tokens and, DreamOn-style, delete
         self.end_ids = sorted(i for i in {*self.ids.end_of_middle, self.ids.delete} if i is not None)
+        self.kv_store = kv_store if kv_store is not None else PrefixStore()
 
     # ---------------------------------------------------------------- public
 
@@ -86,6 +88,11 @@ class DiffusionEngine:
                      end_guard=config.end_guard)
         stats = Stats(engine="diffusion", cache=config.cache, truncated=ctx.truncated,
                       prompt_tokens=len(ctx.prefix_ids) + len(ctx.suffix_ids))
+        if config.kv_reuse and config.cache != "none":
+            row.key = req.key
+            # the first block's window starts at the last lead position (shifted) or after the lead
+            limit = len(lead) - (1 if self.shifted else 0)
+            stats.reused_tokens, row.past = self.kv_store.lookup(row.key, lead, limit)
         return row, stats
 
     def _result(self, row: Canvas, req: InfillRequest, stats: Stats, config: DecodeConfig,
@@ -94,10 +101,13 @@ class DiffusionEngine:
         raw = self.tok.decode(ids)
         text = postprocess(raw, req.prefix, req.suffix, config.single_line)
         stats.nfe, stats.steps, stats.tokens = row.nfe, row.steps, len(ids)
+        stats.early_commits = row.early_commits
         stats.decode_ms = round(decode_ms, 3)
         stats.cancelled = row.stop_reason == "cancelled"
         stats.stop_reason = row.stop_reason if text or row.stop_reason == "cancelled" else "empty"
         stats.latency_ms = round((time.perf_counter() - t0) * 1000, 3)
+        if row.key and row.lead_kv is not None and not stats.cancelled:
+            self.kv_store.store(row.key, row.lead[:row.lead_kv.length], row.lead_kv.clone())
         return InfillResult(text=text, stats=stats.finish(), token_ids=ids)
 
     # ---------------------------------------------------------------- the loop
@@ -114,11 +124,12 @@ class DiffusionEngine:
             if not active:
                 return
             logits, in_block = self._predict(active, config)                    # [B, L, V], [B, L]
-            tokens, conf = self._propose(logits, active, config, generator)     # [B, L] each
+            tokens, conf, probs = self._propose(logits, active, config, generator)   # [B, L] x2, [B, L, V]
             masked = self._masked(active, in_block)                             # [B, L]
-            commit = rule.select(conf, masked)                                  # [B, L]
+            commit, early = choose(rule, conf, masked, probs, config.early_commit)   # [B, L], [B]
             for b, row in enumerate(active):
                 row.nfe += 1
+                row.early_commits += int(early[b])
                 pos = commit[b].nonzero().flatten().tolist()
                 row.commit(pos, tokens[b, pos].tolist(), config.cache)
                 self._check_stop(row, config)
@@ -143,8 +154,9 @@ class DiffusionEngine:
         return masked & in_block
 
     def _propose(self, logits: torch.Tensor, rows: list[Canvas], config: DecodeConfig,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token and confidence per block position: [B, L] each."""
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token and confidence per block position, [B, L] each, and the distribution they come
+        from, [B, L, V] (the entropy rule and early commit read it)."""
         logits = logits.float().masked_fill(self.banned, float("-inf"))         # [B, L, V]
         if self.ids.expand is not None:
             no_expand = torch.tensor([not r.may_expand() for r in rows], device=logits.device)
@@ -162,8 +174,9 @@ class DiffusionEngine:
             tokens = flat.view(probs.shape[:2])
             conf = probs.gather(-1, tokens[..., None]).squeeze(-1)
         else:
-            conf, tokens = torch.softmax(logits, dim=-1).max(dim=-1)
-        return tokens, conf
+            probs = torch.softmax(logits, dim=-1)
+            conf, tokens = probs.max(dim=-1)
+        return tokens, conf, probs
 
     # ---------------------------------------------------------------- forwards
 
@@ -202,16 +215,28 @@ class DiffusionEngine:
                           past_key_values=cache, use_cache=cache is not None)
 
     def _full_forward(self, rows: list[Canvas], capture: bool, mode: str) -> dict[int, torch.Tensor]:
+        """Every position of each row, except the leading ones whose KV was reused from the
+        document's previous request (row.past: lead[:n]); those sit in the cache's first slots."""
         layouts = [r.layout() for r in rows]
-        cache = DynamicCache(config=self.model.config) if capture else None
-        out = self._forward(layouts, [list(range(len(x))) for x in layouts], cache=cache)
+        skip = [r.past.length if r.past is not None else 0 for r in rows]
+        cache, key_valid, width = DynamicCache(config=self.model.config) if capture else None, None, 0
+        if any(skip):
+            base = next(r.past for r in rows if r.past is not None)
+            cache, key_valid = assemble([r.past or RowKV.empty_like(base) for r in rows], self.model.config)
+            width = key_valid.shape[1]                                              # slots before the queries
+        out = self._forward([x[n:] for x, n in zip(layouts, skip)],
+                            [list(range(n, len(x))) for x, n in zip(layouts, skip)], cache=cache, key_valid=key_valid)
         result = {}
-        for b, row in enumerate(rows):
+        for b, (row, n) in enumerate(zip(rows, skip)):
             ws, we = row.window(self.shifted)
-            result[id(row)] = out.logits[b, ws:we]                                  # [L, V]
+            result[id(row)] = out.logits[b, ws - n:we - n]                          # [L, V]
             if capture:
-                keep = torch.tensor(row.kept_positions(mode, self.shifted), dtype=torch.long, device=self.lm.device)
-                row.kv = RowKV.capture(out.past_key_values, b, keep)
+                kept = row.kept_positions(mode, self.shifted)
+                slots = torch.tensor([p if p < n else width + p - n for p in kept], dtype=torch.long,
+                                     device=self.lm.device)
+                row.kv = RowKV.capture(out.past_key_values, b, slots)
+                if row.key:
+                    row.lead_kv = row.kv.head(min(row.query_range(mode, self.shifted)[0], len(row.lead)))
                 row.stale = False
         return result
 

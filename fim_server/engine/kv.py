@@ -24,13 +24,30 @@ class RowKV:
 
     @classmethod
     def capture(cls, cache: DynamicCache, row: int, keep: torch.Tensor) -> "RowKV":
-        """Keep positions `keep` ([K] long) of batch row `row` from a full-forward cache."""
+        """Keep cache slots `keep` ([K] long) of batch row `row` from a forward's cache."""
         return cls([(layer.keys[row][:, keep].clone(), layer.values[row][:, keep].clone())
                     for layer in cache.layers])
 
+    @classmethod
+    def empty_like(cls, other: "RowKV") -> "RowKV":
+        return other.head(0)
 
-def assemble(rows: list[RowKV], config) -> tuple[DynamicCache, torch.Tensor]:
-    """Stack row caches, right-padded: (cache with layers [B, H, Kmax, D], key_valid [B, Kmax])."""
+    def head(self, n: int) -> "RowKV":
+        """The first n positions (views, no copy)."""
+        return RowKV([(k[:, :n], v[:, :n]) for k, v in self.layers])
+
+    def clone(self) -> "RowKV":
+        return RowKV([(k.clone(), v.clone()) for k, v in self.layers])
+
+    def then(self, other: "RowKV") -> "RowKV":
+        """This row's positions followed by `other`'s."""
+        return RowKV([(torch.cat([k1, k2], dim=1), torch.cat([v1, v2], dim=1))
+                      for (k1, v1), (k2, v2) in zip(self.layers, other.layers)])
+
+
+def assemble(rows: list[RowKV], config, left_pad: bool = False) -> tuple[DynamicCache, torch.Tensor]:
+    """Stack row caches, right-padded (left-padded for the AR engine's left-padded batches):
+    (cache with layers [B, H, Kmax, D], key_valid [B, Kmax])."""
     kmax = max(r.length for r in rows)
     n_layers = len(rows[0].layers)
     data = []
@@ -38,12 +55,15 @@ def assemble(rows: list[RowKV], config) -> tuple[DynamicCache, torch.Tensor]:
         keys, values = [], []
         for r in rows:
             k, v = r.layers[layer]                       # [H, K, D]
-            pad = kmax - k.shape[1]
-            keys.append(torch.nn.functional.pad(k, (0, 0, 0, pad)))
-            values.append(torch.nn.functional.pad(v, (0, 0, 0, pad)))
+            pad = (kmax - k.shape[1], 0) if left_pad else (0, kmax - k.shape[1])
+            keys.append(torch.nn.functional.pad(k, (0, 0, *pad)))
+            values.append(torch.nn.functional.pad(v, (0, 0, *pad)))
         data.append((torch.stack(keys), torch.stack(values)))
     device = rows[0].layers[0][0].device
     valid = torch.zeros((len(rows), kmax), dtype=torch.bool, device=device)
     for b, r in enumerate(rows):
-        valid[b, :r.length] = True
+        if left_pad:
+            valid[b, kmax - r.length:] = True
+        else:
+            valid[b, :r.length] = True
     return DynamicCache(ddp_cache_data=data, config=config), valid

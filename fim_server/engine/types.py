@@ -12,6 +12,7 @@ class InfillRequest:
     prefix: str
     suffix: str
     id: str = ""
+    key: str = ""                # document key: requests with one key may share KV ("" = never)
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Stats:
     tokens: int = 0              # middle tokens produced (after cutting at the end token)
     tokens_per_forward: float = 0.0
     prompt_tokens: int = 0       # prefix + suffix tokens actually given to the model
+    reused_tokens: int = 0       # leading tokens whose KV came from the document's previous request
     truncated: bool = False      # the document did not fit the context budget
     steps: int = 0               # denoising / decoding steps taken
     encode_ms: float = 0.0       # tokenize + lay out
@@ -29,6 +31,12 @@ class Stats:
     latency_ms: float = 0.0      # encode + decode + detokenize + post-process
     cancelled: bool = False
     stop_reason: str = ""        # end | line | length | steps | cancelled | empty
+    early_commits: int = 0       # diffusion: steps where early commit settled the whole block at once
+    # speculative: nfe = ar_forwards + draft_forwards, steps = verifications
+    ar_forwards: int = 0         # AR forwards (the prompt prefill and one per verification)
+    draft_forwards: int = 0      # diffusion forwards spent drafting
+    acceptance_length: float = 0.0   # mean draft tokens accepted per verification
+    drafts_accepted: int = 0     # drafts the AR coder accepted whole
 
     def finish(self) -> "Stats":
         self.tokens_per_forward = round(self.tokens / self.nfe, 4) if self.nfe else 0.0
