@@ -12,22 +12,11 @@ Ray is imported only here, and only when --ray is asked for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from .config import DecodeConfig
 from .engine.types import InfillRequest
 from .infill.run import run_batch
-
-
-@dataclass(frozen=True)
-class ReplicaSpec:
-    kind: str                      # diffusion | ar
-    model: Optional[str] = None    # None: the bundled model (must exist on the workers too)
-    family: Optional[str] = None
-    dtype: Optional[str] = None
-    device: Optional[str] = None   # None: cuda on a GPU replica, cpu otherwise
-    threads: int = 1               # torch CPU threads of a CPU replica
 
 
 def connect(address: str) -> None:
@@ -38,22 +27,36 @@ def connect(address: str) -> None:
         return
     if address == "local":
         ray.init(include_dashboard=False)
-    else:
-        ray.init(address=address)
+        return
+    check_reachable(address)
+    ray.init(address=address)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a HOST:PORT nobody listens on (ray.init would retry for minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return                      # 'auto' and other forms: Ray resolves them itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port} ({exc.strerror or exc})") from None
 
 
 class Replica:
-    """One model replica: loads the engine once, answers batches (runs inside a Ray actor)."""
+    """One model replica: loads the engine once, answers batches (runs inside a Ray actor).
+    `spec` holds load_engine's keyword arguments (kind, model, family, dtype, device, ...)."""
 
-    def __init__(self, spec: ReplicaSpec, gpu: bool):
+    def __init__(self, spec: dict, gpu: bool, threads: int):
         import torch
 
         from .engine import load_engine
 
         if not gpu:
-            torch.set_num_threads(max(1, spec.threads))
-        device = spec.device or ("cuda" if gpu else "cpu")
-        self.engine = load_engine(spec.kind, spec.model, device=device, dtype=spec.dtype, family=spec.family)
+            torch.set_num_threads(max(1, threads))
+        self.engine = load_engine(**{**spec, "device": spec.get("device") or ("cuda" if gpu else "cpu")})
 
     def infill(self, index: int, requests: list[InfillRequest], config: DecodeConfig) -> tuple[int, list[dict]]:
         return index, run_batch(self.engine, requests, config)
@@ -62,8 +65,9 @@ class Replica:
 class RayRunner:
     """Runner over Ray actors: batches go to whichever replica is idle."""
 
-    def __init__(self, spec: ReplicaSpec, config: DecodeConfig, replicas: Optional[int] = None,
+    def __init__(self, spec: dict, config: DecodeConfig, replicas: Optional[int] = None,
                  cpus_per_replica: int = 1):
+        """spec: load_engine's keyword arguments; the model paths must exist on every node."""
         import ray
 
         self.ray, self.config = ray, config
@@ -73,7 +77,7 @@ class RayRunner:
             raise ValueError("--ray-replicas and --ray-cpus must be at least 1")
         resources = {"num_gpus": 1} if gpus else {"num_cpus": cpus_per_replica}
         actor = ray.remote(Replica).options(**resources)
-        self.actors = [actor.remote(spec, bool(gpus)) for _ in range(n)]
+        self.actors = [actor.remote(spec, bool(gpus), cpus_per_replica) for _ in range(n)]
         self.replicas, self.gpus = n, gpus
 
     def run(self, batches: list[list[InfillRequest]]) -> Iterator[tuple[int, list[dict]]]:

@@ -12,7 +12,7 @@ from fim_server import cli  # noqa: E402
 from fim_server.engine import load_engine  # noqa: E402
 from fim_server.infill import InfillOptions, LocalRunner, fingerprint, infill  # noqa: E402
 from fim_server.infill.journal import Journal  # noqa: E402
-from fim_server.infill_ray import RayRunner, ReplicaSpec  # noqa: E402
+from fim_server.infill_ray import RayRunner  # noqa: E402
 from test_infill import CONFIG, TREE, Crash, Recording, make_tree, many_holes, read_tree  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def test_cli_ray_auto_matches_the_local_run(tmp_path, local_ray, engine, fp, ran
 
 def test_replicas_that_cannot_load_fail_their_holes_not_the_run(tmp_path, local_ray, fp):
     src = make_tree(tmp_path / "src", {"a.py": TREE["a.py"]})
-    runner = RayRunner(ReplicaSpec(kind="diffusion", model=str(tmp_path / "no-such-model")), CONFIG)
+    runner = RayRunner({"kind": "diffusion", "model": str(tmp_path / "no-such-model")}, CONFIG)
     try:
         summary = infill([src], None, runner, fp, options(tmp_path, "out"))
     finally:
@@ -76,7 +76,7 @@ def test_replicas_that_cannot_load_fail_their_holes_not_the_run(tmp_path, local_
 
 @pytest.fixture(scope="module")
 def two_replicas(local_ray, random_dlm_dir):
-    runner = RayRunner(ReplicaSpec(kind="diffusion", model=str(random_dlm_dir), dtype="float64"), CONFIG,
+    runner = RayRunner({"kind": "diffusion", "model": str(random_dlm_dir), "dtype": "float64"}, CONFIG,
                        replicas=2, cpus_per_replica=1)
     yield runner
     runner.close()

@@ -21,10 +21,20 @@ STATE_DIR = ".fim-infill"         # journal.jsonl + summary.json; under --out wh
 
 
 def fingerprint(kind: str, model: Optional[str], family: Optional[str], dtype: Optional[str],
-                config: DecodeConfig) -> str:
-    """What, besides the text, decides a fill: part of every journal key."""
-    return json.dumps({"engine": kind, "model": model, "family": family, "dtype": dtype,
-                       "config": config.to_dict()}, sort_keys=True)
+                config: DecodeConfig, **more) -> str:
+    """What, besides the text, decides a fill: part of every journal key. A local model directory
+    is named by its path and its weight files' sizes and times, so retrained weights at the same
+    path are not mistaken for the old ones."""
+    return json.dumps({"engine": kind, "model": model, "weights": weights_identity(model), "family": family,
+                       "dtype": dtype, "config": config.to_dict(), **more}, sort_keys=True)
+
+
+def weights_identity(model: Optional[str]) -> list:
+    """[(file, size, mtime_ns)] of a local checkpoint's weights; [] for a hub id."""
+    if not model or not Path(model).is_dir():
+        return []
+    files = sorted(p for p in Path(model).iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
 def read_inputs(paths: list[Path], tasks: Optional[Path], options: InfillOptions) -> Inputs:
@@ -113,13 +123,14 @@ def options_from_args(args: argparse.Namespace, usage_error) -> InfillOptions:
 
 
 def command(args: argparse.Namespace) -> int:
-    from ..cli import UsageError, decode_config, resolve_model
+    from ..cli import UsageError, decode_config
 
     options = options_from_args(args, UsageError)
     config = decode_config(args)
-    model, _ = resolve_model(args.model, args.engine)
-    fp = fingerprint(args.engine, model or _bundled(args.engine), args.family, args.dtype, config)
-    runner = _ray_runner(args, model, config, UsageError) if args.ray else _local_runner(args, model, config, UsageError)
+    spec = engine_spec(args)
+    fp = fingerprint(spec["kind"], spec["model"], spec["family"], spec["dtype"], config,
+                     **({"ar_model": spec["ar_model"]} if "ar_model" in spec else {}))
+    runner = _ray_runner(args, spec, config, UsageError) if args.ray else _local_runner(args, spec, config, UsageError)
     try:
         summary = infill([Path(p) for p in args.paths], Path(args.tasks) if args.tasks else None,
                          runner, fp, options)
@@ -131,33 +142,43 @@ def command(args: argparse.Namespace) -> int:
     return 1 if summary["holes"]["failed"] or summary["problems"] else 0
 
 
-def _bundled(kind: str) -> str:
+def engine_spec(args: argparse.Namespace) -> dict:
+    """load_engine's keyword arguments, models resolved as `complete` resolves them (the bundled
+    model by path; the speculative engine also takes its AR verifier)."""
+    from ..cli import resolve_model
     from ..models.loader import bundled_path
 
-    return str(bundled_path(kind))
+    model, _ = resolve_model(args.model, args.engine)
+    spec = {"kind": args.engine, "model": model or str(bundled_path(args.engine)), "family": args.family,
+            "dtype": args.dtype, "device": args.device}
+    if args.engine == "speculative":
+        ar_model, _ = resolve_model(getattr(args, "ar_model", None), "ar")
+        spec["ar_model"] = ar_model or str(bundled_path("ar"))
+    return spec
 
 
-def _local_runner(args, model, config, usage_error) -> LocalRunner:
+def _local_runner(args, spec: dict, config, usage_error) -> LocalRunner:
     from ..engine import load_engine
 
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
     try:
-        engine = load_engine(args.engine, model, device=args.device, dtype=args.dtype, family=args.family)
+        engine = load_engine(**spec)
     except (OSError, ValueError) as exc:
-        raise usage_error(f"cannot load model {model or 'bundled'}: {exc}") from None
+        raise usage_error(f"cannot load model {spec['model']}: {exc}") from None
     return LocalRunner(engine, config)
 
 
-def _ray_runner(args, model, config, usage_error):
+def _ray_runner(args, spec: dict, config, usage_error):
     try:
-        from ..infill_ray import RayRunner, ReplicaSpec, connect
+        from ..infill_ray import RayRunner, connect
     except ImportError as exc:
         raise usage_error(f"--ray needs Ray: pip install 'fim-server[ray]' ({exc})") from None
-    connect(args.ray)
-    spec = ReplicaSpec(kind=args.engine, model=model, family=args.family, dtype=args.dtype,
-                       device=args.device, threads=args.ray_cpus)
+    try:
+        connect(args.ray)
+    except Exception as exc:             # noqa: BLE001 - Ray raises several kinds here
+        raise usage_error(f"cannot reach Ray at {args.ray!r}: {exc}") from None
     try:
         return RayRunner(spec, config, replicas=args.ray_replicas, cpus_per_replica=args.ray_cpus)
     except (RuntimeError, ValueError) as exc:
