@@ -31,6 +31,21 @@ OBJECTIVES = {
 }
 
 
+RECIPE = (
+    "fim-server train --objective ar --out runs/repro/ar --tokenizer runs/repro/tokenizer \\\n"
+    "  --steps 2000 --batch 16 --seq-len 256 --lr 1e-3 --warmup 200 --seed 0 --threads 1 \\\n"
+    "  --save-every 200 --eval-every 200 --keep-at 800 --bundle-to fim_server/bundled/fim-tiny-ar",
+    "fim-server train --objective diffusion --out runs/repro/dlm --tokenizer runs/repro/tokenizer \\\n"
+    "  --init-from runs/repro/ar/step-800 --shifted true --steps 1600 --batch 16 --seq-len 256 \\\n"
+    "  --lr 7e-4 --warmup 50 --mdlm-fraction 0.35 --seed 0 --threads 1 \\\n"
+    "  --save-every 100 --eval-every 100 --bundle-to fim_server/bundled/fim-tiny-dlm",
+    "python -m bench.model_eval --dlm fim_server/bundled/fim-tiny-dlm --ar fim_server/bundled/fim-tiny-ar "
+    "--held 100 --out bench/results/model_eval.json",
+    "python -m bench.model_card --model fim_server/bundled/fim-tiny-dlm --eval bench/results/model_eval.json",
+    "python -m bench.model_card --model fim_server/bundled/fim-tiny-ar --eval bench/results/model_eval.json",
+)
+
+
 def table(rows: list[dict]) -> str:
     head = "| setting | exact match | edit similarity | pass@1 | NFE / case | tokens / forward | empty |\n|---|---|---|---|---|---|---|\n"
     body = ""
@@ -88,12 +103,10 @@ def card(model_dir: Path, report: dict) -> str:
     ]
     for suite, rows in report["suites"].items():
         lines += [f"### {suite} ({rows[0]['cases']} cases)", "", table(rows)]
-    lines += ["## Reproduce", "```bash",
-              f"fim-server train --objective {cfg['objective']} --steps {steps} --batch {cfg['batch']} "
-              f"--seq-len {cfg['seq_len']} --seed {cfg['seed']}"
-              + (f" --init-from AR_CHECKPOINT --shifted true --lr {cfg['lr']} --warmup {cfg['warmup']} "
-                 f"--mdlm-fraction {cfg['mdlm_fraction']}" if cfg.get("init_from") else ""),
-              "```", "", "## Notes", log.get("notes", ""), ""]
+    lines += ["## Reproduce",
+              "Both twins from scratch, one schedule each (the diffusion twin starts from the AR twin's "
+              "step-800 weights, kept by `--keep-at`; it can start as soon as they exist):", "```bash",
+              *RECIPE, "```", "", "## Notes", log.get("notes", ""), ""]
     return "\n".join(lines)
 
 
