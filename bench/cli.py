@@ -65,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = harness.RunConfig(
         suite=args.suite, settings=tuple(settings), out=Path(args.out), base_options={"max_tokens": max_tokens},
         connect=_connect_map(args.connect), model=args.model, ar_model=args.ar_model, threads=args.threads,
-        deadline_s=args.deadline, score_workers=args.score_workers,
+        deadline_s=args.deadline, score_workers=args.score_workers, note=args.note,
         args={k: v for k, v in vars(args).items() if k != "func"})
     print(f"{args.suite}: {len(cases)} cases x {len(settings)} settings -> {config.out}", file=sys.stderr)
     try:
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads of the started workers (0: torch's default)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed of repo / structure")
     p.add_argument("--deadline", type=float, default=300.0, help="seconds per request")
+    p.add_argument("--note", default=None, help="a line for the report, e.g. what else the machine was doing")
     p.add_argument("--score-workers", type=int, default=0, help="parallel sandbox runs (0: one per core)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("report", help="re-render summary.json, summary.md and the plots from DIR's JSONL")

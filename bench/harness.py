@@ -58,6 +58,7 @@ class RunConfig:
     deadline_s: float = 300.0            # per request
     score_workers: int = 0               # parallel sandbox runs; 0 = one per core
     args: dict[str, Any] = field(default_factory=dict)          # the command line, for the record
+    note: Optional[str] = None           # a line for the report (what else the machine was doing)
 
 
 # ---------------------------------------------------------------- workers
@@ -163,13 +164,15 @@ def _check_resumable(previous: list[dict], header: dict) -> None:
 def _header(config: RunConfig, models: dict, n_cases: int) -> dict[str, Any]:
     devices = {info.get("device") or "cpu" for info in models.values()}
     device = next((d for d in devices if d.startswith("cuda")), "cpu")
+    machine = describe(device)
+    machine["torch_threads"] = config.threads or None     # the workers' (None: torch's default, or unknown)
     return {"type": "run", "suite": config.suite, "out": str(config.out), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "machine": describe(device), "models": models, "versions": versions(), "cases": n_cases,
+            "machine": machine, "models": models, "versions": versions(), "cases": n_cases,
             "settings": [{"setting": s.name, "engine": s.engine, "options": dict(s.options),
                           "config": DecodeConfig(engine=s.engine).replace(**s.request_options(config.base_options)).to_dict()}
                          for s in config.settings],
             "base_options": config.base_options, "worker_threads": config.threads,
-            "quality": SUITES[config.suite].quality, "args": config.args}
+            "quality": SUITES[config.suite].quality, "note": config.note, "args": config.args}
 
 
 class _Runner:

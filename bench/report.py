@@ -92,7 +92,8 @@ def markdown(summary: dict) -> str:
            f"Machine: {_machine(summary['machine'])}; workers with {summary.get('worker_threads') or 'default'} torch threads.",
            f"Cases: {summary['cases']}. Quality: {summary['quality_metric']}. "
            f"Request options for every setting: {json.dumps(summary.get('base_options') or {})}.",
-           f"Versions: {json.dumps(summary.get('versions') or {})}.", "", "Models:", *_models(summary["models"]), "",
+           f"Versions: {json.dumps(summary.get('versions') or {})}.",
+           *(f"Note: {note}" for note in summary.get("notes") or []), "", "Models:", *_models(summary["models"]), "",
            *_main_table(summary), ""]
     if comparison.get("baseline"):
         out.append("Latency ratios are setting / AR at p50, end to end, on the cases both finished "

@@ -154,6 +154,7 @@ def summarize(all_records: list[dict]) -> dict[str, Any]:
         "suite": last["suite"], "quality_metric": metric, "machine": last.get("machine"), "models": last.get("models"),
         "versions": last.get("versions"), "worker_threads": last.get("worker_threads"),
         "base_options": last.get("base_options"), "setting_configs": last.get("settings"),
+        "notes": list(dict.fromkeys(h["note"] for h in headers if h.get("note"))),
         "runs": [{k: h.get(k) for k in ("started", "cases", "args")} for h in headers],
         "cases": len({r["case_id"] for r in rows}), "settings": settings,
         "comparison": compare(settings, ok_by, metric),
