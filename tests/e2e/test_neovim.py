@@ -194,6 +194,12 @@ def test_tab_accepts_the_whole_suggestion(worker, tmp_path, fim_lsp, mode):
         statusline = 'return require("fim").statusline()'
         wait_for(lambda: re.fullmatch(r"fim \d+ ms 1/\d+", nvim.exec_lua(statusline)), 10,
                  "the statusline to show the last latency and 1 accepted")
+        nvim.command("FimStatus")
+        wait_for(lambda: re.search(r"suggestions shown [1-9]\d*, accepted 1 .*\nlatency: last \d+ ms", messages(nvim)),
+                 10, ":FimStatus to print the counts and the latency")
+        nvim.command("FimToggle")
+        assert "fim: suggestions off in this buffer" in messages(nvim)
+        assert not nvim.exec_lua('return require("fim").state.ui.is_enabled(0)')
 
 
 @pytest.mark.parametrize(("mode", "key", "part"), [("native", "<M-Right>", "word"), ("ghost", "<M-Down>", "line")])
@@ -228,6 +234,10 @@ def test_checkhealth_says_what_is_missing(tmp_path):
         assert "no-such-fim-lsp not found on PATH" in report
         assert "WARNING fim-lsp is not running" in report
         assert f"ERROR no worker answers at {dead} and spawnWorker is off" in report
+
+
+def messages(nvim) -> str:
+    return nvim.exec_lua('return vim.api.nvim_exec2("messages", { output = true }).output')
 
 
 def checkhealth(nvim) -> str:

@@ -200,4 +200,11 @@ def test_tab_accepts_the_ghost_text(worker, fim_lsp, tmp_path):
             assert re.search(r"suggestions shown [1-9]\d*, accepted 1 ", toast.inner_text()), toast.inner_text()
             wait_for(lambda: re.fullmatch(r"fim \d+ ms 1/\d+", status_text(page)), 10,
                      "the status bar to show the last latency and 1 accepted")
+
+            run_command(page, "fim: Toggle Suggestions")
+            wait_for(lambda: status_text(page) == "fim off", 10, "the status bar to say off")
+            run_command(page, "fim: Toggle Suggestions")
+            wait_for(lambda: status_text(page).startswith("fim "), 10, "the status bar to come back")
+            run_command(page, "fim: Restart Server")
+            wait_for(lambda: status_text(page) == "fim", 60, "a fresh server (no stats yet)")
             browser.close()

@@ -115,6 +115,8 @@ async function restartServer(): Promise<void> {
     await client.stop().catch((err) => output.appendLine(`stop: ${String(err)}`));
     client = undefined;
   }
+  lastStats = undefined; // a new server counts from zero
+  lastMs = undefined;
   await startClient();
 }
 

@@ -15,6 +15,9 @@ local buffers = {}
 local debounce_ms = 75
 
 local function state(bufnr)
+  if bufnr == 0 then
+    bufnr = api.nvim_get_current_buf()
+  end
   buffers[bufnr] = buffers[bufnr] or { enabled = true }
   return buffers[bufnr]
 end
