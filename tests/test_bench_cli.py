@@ -280,7 +280,7 @@ def test_run_end_to_end_then_report_rebuilds_the_same_summary(tmp_path):
     out = tmp_path / "e2e"
     done = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--suite", "humaneval-single",
                            "--engines", "diffusion,ar", "--quick", "--limit", "3", "--threads", "1", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _case_rows(out)
     assert sorted((r["engine"], r["case_id"]) for r in rows) == sorted(
