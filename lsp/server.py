@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import signal
 import sys
 from typing import Any, Optional
 from urllib.parse import unquote
@@ -26,6 +27,7 @@ from pygls.protocol import LanguageServerProtocol
 
 from fim_server import __version__
 
+from .cursor import unit_length
 from .service import Completion, CompletionService, Request
 from .settings import DEFAULT_ADDRESS, SECTION, Settings, parse_settings
 from .telemetry import Telemetry
@@ -114,8 +116,6 @@ def completion_items(uri: str, done: Optional[Completion], encoding: str) -> lsp
     clients filtering by the typed word keep it."""
     if done is None:
         return lsp.CompletionList(is_incomplete=True, items=[])
-    from .cursor import unit_length
-
     word = WORD_BEFORE.search(done.ctx.line_before).group(0)
     here = _cursor(done)
     start = lsp.Position(line=here.line, character=here.character - unit_length(word, encoding))
@@ -234,6 +234,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(filename=args.log_file, level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     server = build_server(Settings(worker_address=args.connect, spawn_worker=not args.no_spawn))
+    # SIGTERM unwinds like `exit` does, so a worker this server started is stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         if args.tcp:
             server.start_tcp(*args.tcp)

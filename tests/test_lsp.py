@@ -131,7 +131,9 @@ async def start_lsp():
 
 
 async def lsp_on(start_lsp, worker: Worker, **options) -> LanguageClient:
-    return await start_lsp("--no-spawn", options={"worker": {"address": worker.address}, **options})
+    """A server on `worker`; a generous deadline, so that a loaded CI machine is not an outage."""
+    worker_settings = {"address": worker.address, "timeoutMs": 30_000}
+    return await start_lsp("--no-spawn", options={"worker": worker_settings, **options})
 
 
 # ---------------------------------------------------------------- requests
@@ -418,7 +420,7 @@ async def test_invalid_settings_are_reported_and_defaults_used(start_lsp, worker
     open_doc(client, "file:///notes.md", "# Notes\n\nself.name = \n", language="markdown")
     assert await inline(client, "file:///notes.md", 2, 12) == []            # disabled language
     client.workspace_did_change_configuration(lsp.DidChangeConfigurationParams(
-        settings={"fim": {"worker": {"address": worker.address}, "maxLines": 2}}))
+        settings={"fim": {"worker": {"address": worker.address, "timeoutMs": 30_000}, "maxLines": 2}}))
     await wait_until(_setting(client, "maxLines", 2))
     await inline(client, "file:///notes.md", 2, 12)                        # enabled again: the worker answers
     stats = await server_stats(client)
@@ -426,8 +428,8 @@ async def test_invalid_settings_are_reported_and_defaults_used(start_lsp, worker
 
 
 async def test_settings_pulled_with_workspace_configuration(start_lsp, worker):
-    client = await start_lsp("--no-spawn", pulled={"worker": {"address": worker.address}, "maxLines": 3,
-                                                   "debounceMs": 0})
+    client = await start_lsp("--no-spawn", pulled={"worker": {"address": worker.address, "timeoutMs": 30_000},
+                                                   "maxLines": 3, "debounceMs": 0})
     await wait_until(_setting(client, "maxLines", 3))
     assert (await server_stats(client))["worker"]["address"] == worker.address
     open_doc(client, "file:///pulled.py", POINT)
@@ -456,7 +458,7 @@ def _setting(client: LanguageClient, name: str, value):
 async def test_worker_loss_tells_the_user_once_and_completions_resume(start_lsp, sock_dir):
     own = Worker(f"ipc://{sock_dir}/lost.sock", sock_dir)
     client = await start_lsp("--connect", own.address, "--no-spawn",
-                             options={"debounceMs": 0, "worker": {"timeoutMs": 1500}})
+                             options={"debounceMs": 0, "worker": {"timeoutMs": 4000}})
     open_doc(client, "file:///lost.py", POINT)
     assert [i.insert_text for i in await inline(client, "file:///lost.py", *POINT_CURSOR)] == ["name"]
     own.stop(signal.SIGKILL)
@@ -478,7 +480,7 @@ async def test_worker_loss_tells_the_user_once_and_completions_resume(start_lsp,
 async def test_spawns_a_worker_when_none_answers(start_lsp, sock_dir):
     address = f"ipc://{sock_dir}/spawned/w.sock"
     client = await start_lsp("--connect", address,
-                             options={"debounceMs": 0, "worker": {"threads": 1}})
+                             options={"debounceMs": 0, "worker": {"threads": 1, "timeoutMs": 30_000}})
     status = await wait_until(_worker_state(client, "up"), timeout=READY_TIMEOUT)
     pid = status["spawned_pid"]
     assert pid is not None
