@@ -110,8 +110,7 @@ def open_editor(tmp_path: Path, fim_lsp: str, mode: str, settings: dict, wait_at
         argv.insert(1, "--headless")
     proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(sock.exists, 30, "Neovim's socket")
-        nvim = pynvim.attach("socket", path=str(sock))
+        nvim = wait_for(lambda: attach(sock), 30, "Neovim's socket")
         if wait_attach:
             wait_for(lambda: nvim.exec_lua('return #vim.lsp.get_clients({ name = "fim" }) > 0'), 30,
                      "fim-lsp to attach")
@@ -124,6 +123,16 @@ def open_editor(tmp_path: Path, fim_lsp: str, mode: str, settings: dict, wait_at
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def attach(sock: Path):
+    """An RPC session, or None while Neovim is not listening yet (the file can exist first)."""
+    if not sock.exists():
+        return None
+    try:
+        return pynvim.attach("socket", path=str(sock))
+    except OSError:
+        return None
 
 
 def buffer_text(nvim) -> str:

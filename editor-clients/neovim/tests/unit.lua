@@ -10,14 +10,19 @@ local apply = require("fim.apply")
 
 local passed, failed = 0, 0
 
+-- print() in `nvim -l` leaves the last line without its newline
+local function say(line)
+  io.stdout:write(line, "\n")
+end
+
 local function test(name, fn)
   local ok, err = pcall(fn)
   if ok then
     passed = passed + 1
-    print("ok   " .. name)
+    say("ok   " .. name)
   else
     failed = failed + 1
-    print("FAIL " .. name .. ": " .. tostring(err))
+    say("FAIL " .. name .. ": " .. tostring(err))
   end
 end
 
@@ -136,5 +141,5 @@ test("insert word and line take pieces of what is not typed yet", function()
   eq("    return a + b\n    c", content(buf))
 end)
 
-print(("%d passed, %d failed"):format(passed, failed))
+say(("%d passed, %d failed"):format(passed, failed))
 vim.cmd(failed == 0 and "qa!" or "cq")
