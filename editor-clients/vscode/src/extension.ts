@@ -73,6 +73,9 @@ function clientOptions(): LanguageClientOptions {
     initializationOptions: serverSettings(userValues()),
     outputChannel: output,
     middleware: {
+      // The server's textDocument/completion item is for editors without inline completion;
+      // here it would repeat the ghost text in the suggest widget and cost a worker call.
+      provideCompletionItem: () => undefined,
       provideInlineCompletionItems: async (document, position, context, token, next) => {
         if (!isEnabled()) {
           return undefined;
