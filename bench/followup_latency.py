@@ -37,8 +37,10 @@ async def timed(client: WorkerClient, prefix: str, suffix: str, doc: str):
 
 
 def diverging_typed(middle: str, completion: str, typed: int) -> str | None:
-    """The first `typed`+ characters of the true middle that are not the start of the completion."""
-    for n in range(typed, min(len(middle), typed + 6) + 1):
+    """The true middle's indentation plus its next `typed`+ characters, when that is not the start
+    of the completion on screen (else the worker would answer from its result cache)."""
+    indent = len(middle) - len(middle.lstrip())
+    for n in range(indent + typed, min(len(middle), indent + typed + 6) + 1):
         if middle[:n].strip() and not completion.startswith(middle[:n]):
             return middle[:n]
     return None
