@@ -47,7 +47,8 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
             engine=args.engine, cache=args.cache, threshold=args.threshold, block_size=args.block_size,
             single_line=args.single_line, max_tokens=args.max_tokens, unmask=args.unmask,
             factor=args.factor, length=args.length, temperature=args.temperature, seed=args.seed,
-            initial_length=args.initial_length,
+            initial_length=args.initial_length, eb_gamma=args.eb_gamma, early_commit=args.early_commit,
+            draft_length=args.draft_length, draft_steps=args.draft_steps,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -57,7 +58,7 @@ def random_fallback(kind: str) -> str:
     """A randomly initialised checkpoint, for when the bundled weights are not there yet."""
     from .models.random_init import build_random_checkpoint
 
-    name = "fim-tiny-dlm" if kind == "diffusion" else "fim-tiny-ar"
+    name = "fim-tiny-dlm" if kind in ("diffusion", "speculative") else "fim-tiny-ar"
     path = Path.home() / ".cache" / "fim-server" / f"random-{name}"
     if not (path / "config.json").exists():
         build_random_checkpoint(path, name, hidden=128, layers=2, vocab_size=1024)
@@ -84,8 +85,12 @@ def cmd_complete(args: argparse.Namespace) -> int:
     from .engine import InfillRequest, load_engine
 
     model, random_weights = resolve_model(args.model, args.engine)
+    extra = {}
+    if args.engine == "speculative":      # the AR verifier next to the diffusion drafter
+        extra["ar_model"], ar_random = resolve_model(args.ar_model, "ar")
+        random_weights = random_weights or ar_random
     try:
-        engine = load_engine(args.engine, model, device=args.device, dtype=args.dtype, family=args.family)
+        engine = load_engine(args.engine, model, device=args.device, dtype=args.dtype, family=args.family, **extra)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load model {model or 'bundled'}: {exc}") from None
     result = engine.infill([InfillRequest(prefix, suffix, "cli")], config)[0]
@@ -156,12 +161,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .worker import ServeError, WorkerOptions, serve
 
     model, random_weights = resolve_model(args.model, args.engine)
+    ar_model = None
+    if args.engine == "speculative":      # the AR verifier next to the diffusion drafter
+        ar_model, ar_random = resolve_model(args.ar_model, "ar")
+        random_weights = random_weights or ar_random
     options = WorkerOptions(bind=args.bind, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                             queue=args.queue, curve_secret_key=args.curve_secret_key,
                             curve_public_keys=args.curve_public_keys)
     try:
         return serve(options, model, args.engine, device=args.device, dtype=args.dtype,
-                     family=args.family, random_weights=random_weights)
+                     family=args.family, random_weights=random_weights, ar_model=ar_model)
     except ServeError as exc:
         raise UsageError(str(exc)) from None
 
@@ -210,6 +219,12 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unmask", choices=UNMASK_RULES, default=d.unmask)
     p.add_argument("--threshold", type=float, default=d.threshold)
     p.add_argument("--factor", type=float, default=d.factor)
+    p.add_argument("--eb-gamma", type=float, default=d.eb_gamma, help="entropy bound of --unmask eb (nats)")
+    p.add_argument("--early-commit", type=float, default=d.early_commit,
+                   help="commit the whole block once every top1-top2 probability gap reaches this (0: off)")
+    p.add_argument("--ar-model", default=None, help="speculative: the AR verifier (default: the bundled AR twin)")
+    p.add_argument("--draft-length", type=int, default=d.draft_length, help="speculative: tokens per draft")
+    p.add_argument("--draft-steps", type=int, default=d.draft_steps, help="speculative: denoising steps per draft")
     p.add_argument("--block-size", type=int, default=d.block_size)
     p.add_argument("--length", choices=LENGTH_POLICIES, default=d.length)
     p.add_argument("--initial-length", type=int, default=d.initial_length)
@@ -243,6 +258,7 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the resident worker (ZeroMQ ROUTER, msgpack frames)")
     p.add_argument("--model", default=None, help="local directory or hub id (default: the bundled model)")
     p.add_argument("--engine", choices=ENGINES, default="diffusion")
+    p.add_argument("--ar-model", default=None, help="speculative: the AR verifier (default: the bundled AR twin)")
     p.add_argument("--family", default=None, help="model family when it cannot be detected")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when present)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: by device)")

@@ -36,8 +36,8 @@ class DecodeConfig:
     end_guard: bool = True         # end/delete tokens only at the first undecided slot, after >= 1 token: a settled end
                                    # closes the middle (prevents the end-token over-commit collapse)
     # speculative only (the diffusion options above shape the draft)
-    draft_length: int = 8          # middle tokens the diffusion coder drafts per AR verification
-    draft_steps: int = 2           # denoising steps per draft at most (the last step commits what is left)
+    draft_length: int = 4          # middle tokens the diffusion coder drafts per AR verification
+    draft_steps: int = 1           # denoising steps per draft at most (the last step commits what is left)
 
     def __post_init__(self) -> None:
         _check_choice("engine", self.engine, ENGINES)

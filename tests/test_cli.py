@@ -48,3 +48,34 @@ def test_bad_option_values_are_refused_clearly(files):
     assert res.returncode == 2 and "threshold" in res.stderr and "Traceback" not in res.stderr
     res = run("complete", "--prefix-file", str(files / "p.py"), "--cache", "bogus")
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_complete_speculative_and_new_decoding_options(files, tmp_path):
+    from fim_server.models.random_init import build_random_checkpoint
+
+    dlm = build_random_checkpoint(tmp_path / "dlm", "fim-tiny-dlm", seed=1)
+    ar = build_random_checkpoint(tmp_path / "ar", "fim-tiny-ar", seed=2)
+    common = ("complete", "--prefix-file", str(files / "p.py"), "--suffix-file", str(files / "s.py"),
+              "--max-tokens", "6", "--json")
+    res = run(*common, "--engine", "speculative", "--model", str(dlm), "--ar-model", str(ar),
+              "--draft-length", "3", "--draft-steps", "2", "--unmask", "eb", "--eb-gamma", "0.5")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["engine"] == "speculative" and out["family"] == "fim-tiny-ar"
+    assert out["nfe"] == out["ar_forwards"] + out["draft_forwards"] and out["ar_forwards"] >= 2
+    res = run(*common, "--engine", "ar", "--model", str(ar))
+    assert json.loads(res.stdout)["completion"] == out["completion"]      # greedy: the AR coder's middle
+    res = run(*common, "--model", str(dlm), "--early-commit", "0.3", "--unmask", "eb")
+    assert res.returncode == 0 and "early_commits" in json.loads(res.stdout)
+
+
+def test_speculative_refuses_twins_with_different_tokenizers(files, tmp_path):
+    from fim_server.models.random_init import build_random_checkpoint
+
+    dlm = build_random_checkpoint(tmp_path / "dlm", "fim-tiny-dlm", seed=1)
+    ar = build_random_checkpoint(tmp_path / "ar", "fim-tiny-ar", seed=2, vocab_size=300)
+    res = run("complete", "--prefix-file", str(files / "p.py"), "--engine", "speculative",
+              "--model", str(dlm), "--ar-model", str(ar))
+    assert res.returncode == 2 and "one tokenizer" in res.stderr and "Traceback" not in res.stderr
+    res = run("complete", "--prefix-file", str(files / "p.py"), "--draft-length", "0")
+    assert res.returncode == 2 and "draft_length" in res.stderr

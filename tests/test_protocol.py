@@ -352,6 +352,16 @@ def test_request_config_overrides():
     assert isinstance(cfg.temperature, float)
 
 
+def test_request_config_speculative_and_new_decoding_options():
+    msg = InfillMsg(id="r", prefix="", suffix="", engine="speculative",
+                    options={"draft_length": 6, "draft_steps": 3, "unmask": "eb", "eb_gamma": 1,
+                             "early_commit": 0.25})
+    cfg = request_config(msg, BASE)
+    assert cfg == BASE.replace(engine="speculative", draft_length=6, draft_steps=3, unmask="eb",
+                               eb_gamma=1.0, early_commit=0.25)
+    assert isinstance(cfg.eb_gamma, float)
+
+
 def test_request_config_explicit_fields_win_over_options():
     msg = InfillMsg(id="r", prefix="", suffix="", max_tokens=20, options={"max_tokens": 99})
     assert request_config(msg, BASE).max_tokens == 20
@@ -386,6 +396,12 @@ def test_request_config_unknown_option():
     ({"single_line": 1}, "single_line"),
     ({"temperature": "hot"}, "temperature"),
     ({"engine": 3}, "engine"),
+    ({"draft_length": 0}, "draft_length"),
+    ({"draft_length": 2.5}, "draft_length"),
+    ({"draft_steps": True}, "draft_steps"),
+    ({"early_commit": 1.5}, "early_commit"),
+    ({"eb_gamma": -0.1}, "eb_gamma"),
+    ({"unmask": "entropy"}, "unmask"),
 ])
 def test_request_config_bad_value(options, name):
     assert name in _config_error(options=options)

@@ -8,10 +8,20 @@ from .types import InfillRequest, InfillResult, Stats
 
 
 def load_engine(kind: str = "diffusion", model: Optional[str] = None, device: Optional[str] = None,
-                dtype: Optional[str] = None, family: Optional[str] = None):
-    """A ready engine of `kind` ("diffusion" | "ar") on a bundled, local or hub checkpoint."""
+                dtype: Optional[str] = None, family: Optional[str] = None, ar_model: Optional[str] = None):
+    """A ready engine of `kind` ("diffusion" | "ar" | "speculative") on a bundled, local or hub
+    checkpoint. Speculative: `model` (and `family`) is the diffusion drafter, `ar_model` the AR
+    verifier; either left out is the bundled twin."""
     from ..models.loader import load_model
 
+    if kind == "speculative":
+        from .ar import AREngine
+        from .diffusion import DiffusionEngine
+        from .speculative import SpeculativeEngine
+
+        draft = load_model(model, kind="diffusion", family=family, device=device, dtype=dtype)
+        verifier = load_model(ar_model, kind="ar", device=device, dtype=dtype)
+        return SpeculativeEngine(DiffusionEngine(draft), AREngine(verifier))
     lm = load_model(model, kind=kind, family=family, device=device, dtype=dtype)
     if kind == "diffusion":
         from .diffusion import DiffusionEngine

@@ -17,7 +17,8 @@ from .family import Family, TokenIds, detect_family, resolve_tokens
 log = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"
-BUNDLED = {"diffusion": "fim-tiny-dlm", "ar": "fim-tiny-ar"}
+BUNDLED = {"diffusion": "fim-tiny-dlm", "ar": "fim-tiny-ar",
+           "speculative": "fim-tiny-dlm"}      # the speculative engine's --model is its diffusion drafter
 
 
 @dataclass
