@@ -162,3 +162,15 @@ def test_expand_edit_keeps_cached_logits_exact(engine, mode):
     assert got.shape == want.shape
     if mode == "dual":
         torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+
+
+def test_two_rows_of_one_document_in_a_batch_after_kv_reuse(engine):
+    """Rows holding reused KV are told apart by identity: equal-looking rows once crashed the step
+    (dataclass equality compared their KV tensors)."""
+    req = InfillRequest("import os\nimport sys\n\ndef f(x):\n    return ", "\n", "a", key="doc")
+    cfg = DecodeConfig(max_tokens=8, length="fixed")
+    first = engine.infill([req], cfg)[0]
+    both = engine.infill([req, req], cfg)
+    assert both[0].stats.reused_tokens > 0
+    assert both[0].token_ids == both[1].token_ids
+    assert len(first.token_ids) > 0

@@ -14,7 +14,7 @@ from ..models.family import TokenIds
 from .kv import RowKV
 
 
-@dataclass
+@dataclass(eq=False)            # rows are told apart by identity (tensors inside do not compare)
 class Canvas:
     lead: list[int]
     canvas: list[int]

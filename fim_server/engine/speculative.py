@@ -35,6 +35,7 @@ from ..postprocess import postprocess
 from .ar import AREngine
 from .canvas import Canvas
 from .diffusion import DiffusionEngine
+from .kv import RowKV
 from .layout import fit_context
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 from .unmask import choose, make_rule
@@ -56,6 +57,7 @@ class _Row:
     accepted: int = 0                               # draft tokens accepted in all
     drafts_accepted: int = 0
     draft_forwards: int = 0
+    draft_past: Optional[RowKV] = None              # drafter KV of the lead's first positions, from the last draft
     stop_reason: str = ""
 
     @property
@@ -291,8 +293,12 @@ class SpeculativeEngine:
         lead = row.draft_lead + row.ids
         if d.shifted and not lead:
             lead = [d.ids.pad]           # shifted logits need a position before the first middle token
+        # with a cache, the lead's KV from the last draft is reused (only the tokens accepted since
+        # and the canvas and suffix are recomputed): Fast-dLLM's prefix approximation across drafts
+        reuse = config.cache != "none"
         return Canvas(lead=lead, canvas=[d.ids.mask] * n, suffix=row.draft_suffix, ids=d.ids,
-                      expand_policy=False, max_tokens=n, block_size=n, end_guard=config.end_guard)
+                      expand_policy=False, max_tokens=n, block_size=n, end_guard=config.end_guard,
+                      key="draft" if reuse else "", past=row.draft_past if reuse else None)
 
     def _draft(self, rows: list[_Row], config: DecodeConfig, generator: torch.Generator) -> list[Draft]:
         """Each row's draft from at most draft_steps diffusion steps over a fresh canvas.
@@ -331,6 +337,7 @@ class SpeculativeEngine:
                     c.finish("end")
         for r, c in zip(rows, canvases):
             r.draft_forwards += c.nfe
+            r.draft_past = c.lead_kv
         return [self._as_draft(c, qb, sampling) for c, qb in zip(canvases, q)]
 
     def _as_draft(self, c: Canvas, q: list, sampling: bool) -> Draft:
