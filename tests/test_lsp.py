@@ -9,6 +9,7 @@ initializationOptions, so each test also exercises them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import select
 import shutil
@@ -29,10 +30,22 @@ from pytest_lsp import ClientServerConfig, LanguageClient
 from fim_server.client import WorkerClient
 
 READY_TIMEOUT = 120
-# `self.name = ` right after `def __init__(self, name):` -> "name": the weak bundled diffusion
-# twin gets this one right whatever its max_tokens (many near variants it gets wrong)
+# `self.name = ` right after `def __init__(self, name):`. The expected completion is what the
+# bundled diffusion twin answers in-process with the options the server sends for a single-line
+# cursor (the retrained twin does not answer "name" here, as the one before it did): the server
+# must deliver exactly that, whatever passes through LSP, ZeroMQ and the worker.
 POINT = "def __init__(self, name):\n    self.name = \n"
 POINT_CURSOR = (1, 16)
+
+
+@functools.cache
+def point_answer() -> str:
+    from fim_server.config import DecodeConfig
+    from fim_server.engine import InfillRequest, load_engine
+
+    engine = load_engine("diffusion", device="cpu", dtype="float32")
+    config = DecodeConfig(single_line=True, max_tokens=32)
+    return engine.infill([InfillRequest("def __init__(self, name):\n    self.name = ", "\n")], config)[0].text
 # a slow request: 128 masked slots, one committed per full forward (seconds on CPU)
 SLOW_ENGINE = {"max_tokens": 128, "cache": "none", "threshold": 1.0, "length": "fixed", "block_size": 128}
 SLOW_DOC = "def total(values):\n    \n"
@@ -212,8 +225,8 @@ async def test_inline_completion_fills_the_simple_case_exactly(start_lsp, worker
     items = await inline(client, "file:///point.py", *POINT_CURSOR)
     assert len(items) == 1
     item = items[0]
-    assert item.insert_text == "name"
-    assert apply(POINT, *POINT_CURSOR, item.insert_text) == "def __init__(self, name):\n    self.name = name\n"
+    assert item.insert_text == point_answer() != ""
+    assert apply(POINT, *POINT_CURSOR, item.insert_text) == f"def __init__(self, name):\n    self.name = {point_answer()}\n"
     assert item.command.command == "fim.accept" and item.command.arguments[0] == "file:///point.py"
     here = lsp.Position(line=1, character=16)
     assert item.range == lsp.Range(start=here, end=here)
@@ -369,7 +382,7 @@ async def test_bad_input_gets_sane_replies(start_lsp, worker):
     assert all(i.insert_text.strip() and i.range.start == end for i in past_end)
     open_doc(client, "file:///past-line.py", POINT)
     past_line = await inline(client, "file:///past-line.py", 1, 500)  # = the end of line 1
-    assert [i.insert_text for i in past_line] == ["name"]
+    assert [i.insert_text for i in past_line] == [point_answer()]
     open_doc(client, "file:///blob.bin", "abc\x00\x01\x02def\n" * 10, language="plaintext")
     assert await inline(client, "file:///blob.bin", 3, 4) == []
     # 5.4 MB before the cursor: over the worker's frame limit unless the server clips it
@@ -404,7 +417,7 @@ async def test_malformed_requests_get_error_replies(start_lsp, worker):
             await raw_request(client, f"bad-{k}", "textDocument/inlineCompletion", params)
     with pytest.raises(JsonRpcInvalidParams):
         await raw_request(client, "cmd", "workspace/executeCommand", {"command": "fim.nothing"})
-    assert [i.insert_text for i in await inline(client, "file:///malformed.py", *POINT_CURSOR)] == ["name"]
+    assert [i.insert_text for i in await inline(client, "file:///malformed.py", *POINT_CURSOR)] == [point_answer()]
     assert client.messages == []
 
 
@@ -433,7 +446,7 @@ async def test_settings_pulled_with_workspace_configuration(start_lsp, worker):
     await wait_until(_setting(client, "maxLines", 3))
     assert (await server_stats(client))["worker"]["address"] == worker.address
     open_doc(client, "file:///pulled.py", POINT)
-    assert [i.insert_text for i in await inline(client, "file:///pulled.py", *POINT_CURSOR)] == ["name"]
+    assert [i.insert_text for i in await inline(client, "file:///pulled.py", *POINT_CURSOR)] == [point_answer()]
     client.set_configuration(5, section="fim.maxLines")
     client.workspace_did_change_configuration(lsp.DidChangeConfigurationParams(settings=None))
     await wait_until(_setting(client, "maxLines", 5))               # pulled again on the change
@@ -460,7 +473,7 @@ async def test_worker_loss_tells_the_user_once_and_completions_resume(start_lsp,
     client = await start_lsp("--connect", own.address, "--no-spawn",
                              options={"debounceMs": 0, "worker": {"timeoutMs": 4000}})
     open_doc(client, "file:///lost.py", POINT)
-    assert [i.insert_text for i in await inline(client, "file:///lost.py", *POINT_CURSOR)] == ["name"]
+    assert [i.insert_text for i in await inline(client, "file:///lost.py", *POINT_CURSOR)] == [point_answer()]
     own.stop(signal.SIGKILL)
     for _ in range(4):
         assert await inline(client, "file:///lost.py", *POINT_CURSOR) == []
@@ -469,7 +482,7 @@ async def test_worker_loss_tells_the_user_once_and_completions_resume(start_lsp,
     back = Worker(f"ipc://{sock_dir}/lost.sock", sock_dir)
     try:
         await wait_until(_worker_state(client, "up"), timeout=30)
-        assert [i.insert_text for i in await inline(client, "file:///lost.py", *POINT_CURSOR)] == ["name"]
+        assert [i.insert_text for i in await inline(client, "file:///lost.py", *POINT_CURSOR)] == [point_answer()]
         assert len(client.messages) == 1
         stats = await server_stats(client)
         assert stats["unavailable"] >= 1 and stats["shown"] == 2
@@ -485,7 +498,7 @@ async def test_spawns_a_worker_when_none_answers(start_lsp, sock_dir):
     pid = status["spawned_pid"]
     assert pid is not None
     open_doc(client, "file:///spawned.py", POINT)
-    assert [i.insert_text for i in await inline(client, "file:///spawned.py", *POINT_CURSOR)] == ["name"]
+    assert [i.insert_text for i in await inline(client, "file:///spawned.py", *POINT_CURSOR)] == [point_answer()]
     assert client.messages == []                                      # spawning is not an outage
     await start_lsp.stop(client)
     await asyncio.to_thread(_wait_gone, pid)
