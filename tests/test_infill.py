@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from fim_server import cli
 from fim_server.config import DecodeConfig
@@ -53,6 +54,16 @@ class Recording:
         self.calls += 1
         self.requests += requests
         return self.engine.infill(requests, config)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The model is tiny: a second torch thread only waits for the first (and, on a shared CPU,
+    spins for a core), so this module runs on one and gives the setting back after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -255,14 +266,14 @@ def test_crash_after_k_batches_resumes_without_recomputing(tmp_path, engine, fp)
 
 def test_killed_process_resumes_and_matches_an_uninterrupted_run(tmp_path, engine, random_dlm_dir):
     """A real `fim-server infill` is SIGKILLed once its journal holds a few holes."""
-    files = many_holes(24)
+    files = many_holes(40)
     total = sum(len(find_holes(t)) for t in files.values())
     src = make_tree(tmp_path / "src", files)
     out, state = tmp_path / "out", tmp_path / "out" / ".fim-infill"
-    config = DecodeConfig(max_tokens=16, length="fixed")
+    config = DecodeConfig(max_tokens=24, length="fixed")
     cmd = [sys.executable, "-m", "fim_server.cli", "infill", str(src), "--out", str(out), "--batch", "1",
            "--model", str(random_dlm_dir), "--dtype", "float64", "--threads", "1", "--no-progress",
-           "--max-tokens", "16", "--length", "fixed"]
+           "--max-tokens", "24", "--length", "fixed"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     journal_file = state / "journal.jsonl"
     deadline = time.monotonic() + 120
@@ -310,6 +321,11 @@ def test_cli_diff_is_the_default_and_applies(tmp_path, engine, random_dlm_dir, c
         shutil.copytree(src, copy)
         subprocess.run(["patch", "-s", "-p1", "-d", str(copy)], input=diff.encode(), check=True)
         assert read_tree(copy) == {rel: reference(engine, t) for rel, t in TREE.items()}
+    rc = run_cli(src, "--in-place", "--model", random_dlm_dir, "--dtype", "float64", "--max-tokens", "8",
+                 "--no-progress")
+    summary = json.loads((tmp_path / ".fim-infill" / "summary.json").read_text())
+    assert rc == 0 and summary["holes"]["skipped"] == 6 and summary["requests_computed"] == 0
+    assert read_tree(src) == {rel: reference(engine, t) for rel, t in TREE.items()}   # the dry run's fills
 
 
 def test_cli_refuses_bad_usage(tmp_path, capsys):

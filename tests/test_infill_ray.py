@@ -13,7 +13,8 @@ from fim_server.engine import load_engine  # noqa: E402
 from fim_server.infill import InfillOptions, LocalRunner, fingerprint, infill  # noqa: E402
 from fim_server.infill.journal import Journal  # noqa: E402
 from fim_server.infill_ray import RayRunner  # noqa: E402
-from test_infill import CONFIG, TREE, Crash, Recording, make_tree, many_holes, read_tree  # noqa: E402
+from test_infill import (CONFIG, TREE, Crash, Recording, make_tree, many_holes, one_thread,  # noqa: E402,F401
+                         read_tree)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -13,9 +12,8 @@ from typing import Optional
 from ..config import DecodeConfig
 from .inputs import Inputs, load_tasks, scan
 from .journal import Journal, atomic_write, remove_stale_temps
-from .outputs import (FAILED, FILLED, SKIPPED, FileWriter, count, emit, hole_messages, hole_records,
-                      print_summary, truncated, unified_diff)
-from .run import InfillOptions, Job, LocalRunner, Runner, make_units
+from .outputs import FileWriter, count, emit, hole_messages, hole_records, print_summary, truncated, unified_diff
+from .run import FAILED, FILLED, SKIPPED, InfillOptions, Job, LocalRunner, Runner, make_units
 
 STATE_DIR = ".fim-infill"         # journal.jsonl + summary.json; under --out when there is one
 
@@ -71,30 +69,35 @@ def infill(paths: list[Path], tasks: Optional[Path], runner: Runner, fp: str,
     job.run()
     emit(options.diff, unified_diff(units))
     emit(options.jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in hole_records(units)))
-    summary = {
-        "holes": {"total": sum(u.n_holes for u in units), "filled": count(units, FILLED),
-                  "skipped": count(units, SKIPPED), "failed": count(units, FAILED),
-                  "truncated": truncated(units)},
-        "files": {"scanned": inputs.scanned, "with_holes": len(inputs.files), "written": len(writer.written),
-                  "left_as_is_all_holes_failed": len(writer.untouched)},
-        "tasks": len(inputs.tasks),
-        "bad_inputs": len(inputs.problems),
-        "requests_computed": job.computed,
-        "time_s": round(time.perf_counter() - t0, 3),
-        "engine_s": round(job.engine_s, 3),
-        "holes_per_s": round(count(units, FILLED) / job.engine_s, 3) if job.engine_s else 0.0,
-        "batch": options.batch,
-        "problems": [p.to_dict() for p in inputs.problems],
-        "hole_messages": hole_messages(units),
-        "journal": str(journal.path) if journal.path else None,
-        "journal_torn_lines": journal.torn,
-        "fingerprint": json.loads(fp),
-    }
+    summary = make_summary(inputs, units, job, writer, journal, time.perf_counter() - t0)
     if options.state_dir is not None:
         path = options.state_dir / "summary.json"
         atomic_write(path, (json.dumps(summary, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
         summary["summary_path"] = str(path)
     return summary
+
+
+def make_summary(inputs: Inputs, units: list, job: Job, writer: FileWriter, journal: Journal,
+                 elapsed_s: float) -> dict:
+    filled = count(units, FILLED)
+    return {
+        "holes": {"total": sum(u.n_holes for u in units), "filled": filled, "skipped": count(units, SKIPPED),
+                  "failed": count(units, FAILED), "truncated": truncated(units)},
+        "files": {"scanned": inputs.scanned, "with_holes": len(inputs.files), "written": len(writer.written),
+                  "left_as_is_all_holes_failed": len(writer.untouched)},
+        "tasks": len(inputs.tasks),
+        "bad_inputs": len(inputs.problems),
+        "requests_computed": job.computed,          # distinct requests: identical holes are decoded once
+        "time_s": round(elapsed_s, 3),
+        "engine_s": round(job.engine_s, 3),        # decoding + journal + writes (Ray: replica start-up too)
+        "holes_per_s": round(filled / job.engine_s, 3) if job.engine_s else 0.0,
+        "batch": job.options.batch,
+        "problems": [p.to_dict() for p in inputs.problems],
+        "hole_messages": hole_messages(units),
+        "journal": str(journal.path) if journal.path else None,
+        "journal_torn_lines": journal.torn,
+        "fingerprint": json.loads(job.fingerprint),
+    }
 
 
 # ---------------------------------------------------------------- the subcommand

@@ -4,13 +4,12 @@ JSONL records, and the summary (printed, and kept as JSON in the state directory
 from __future__ import annotations
 
 import difflib
-import json
 import sys
 from pathlib import Path
 from typing import Iterator, Optional, TextIO
 
 from .journal import atomic_write
-from .run import FAILED, FILLED, SKIPPED, InfillOptions, Unit
+from .run import FAILED, InfillOptions, Unit
 
 
 class FileWriter:
@@ -101,6 +100,3 @@ def count(units: list[Unit], status: str) -> int:
 def truncated(units: list[Unit]) -> int:
     return sum(bool(s and s.get("truncated")) for u in units for s in u.stats)
 
-
-__all__ = ["FileWriter", "unified_diff", "hole_records", "emit", "hole_messages", "print_summary",
-           "count", "truncated", "FAILED", "FILLED", "SKIPPED"]

@@ -152,7 +152,8 @@ class Job:
         self.units, self.runner, self.fingerprint = units, runner, fingerprint
         self.options, self.journal, self.on_unit_done = options, journal, on_unit_done
         self.computed = 0            # requests the engine answered in this run
-        self.engine_s = 0.0          # wall time spent waiting for the runner
+        self.failed = 0              # holes that failed in this run
+        self.engine_s = 0.0          # wall time of the compute loops (decoding, journal, writes)
 
     def run(self) -> None:
         total = sum(u.n_holes for u in self.units)
@@ -161,13 +162,13 @@ class Job:
             rounds = max((u.n_holes for u in self.units), default=0)
             for r in range(rounds):
                 pending = self._requests(r, bar)
-                self._finish_units()
+                self._finish_units(self.units)          # those settled from the journal alone
                 self._compute(make_batches(pending, self.options.batch), bar)
-                self._finish_units()
 
     def _requests(self, r: int, bar) -> list[Pending]:
         """Round r's distinct requests; holes already in the journal are settled as skipped."""
         by_key: dict[str, Pending] = {}
+        skipped = 0
         for unit in self.units:
             if unit.n_holes <= r:
                 continue
@@ -176,12 +177,14 @@ class Job:
             entry = self.journal.get(key)
             if entry is not None:
                 unit.settle(r, SKIPPED, entry)
-                bar.total -= 1           # the bar's rate and ETA count work done in this run only
-                bar.refresh()
+                skipped += 1
                 continue
             if key not in by_key:
                 by_key[key] = Pending(key, InfillRequest(prefix, suffix, unit.where(r)))
             by_key[key].holes.append((unit, r))
+        if skipped:
+            bar.total -= skipped         # the bar's rate and ETA count work done in this run only
+            bar.refresh()
         return list(by_key.values())
 
     def _compute(self, batches: list[list[Pending]], bar) -> None:
@@ -189,26 +192,26 @@ class Job:
             return
         t0 = time.perf_counter()
         for i, outcomes in self.runner.run([[p.request for p in b] for b in batches]):
-            entries = []
+            entries, touched = [], []
             for p, outcome in zip(batches[i], outcomes):
                 ok = "error" not in outcome
                 for unit, k in p.holes:
                     unit.settle(k, FILLED if ok else FAILED, outcome)
+                    touched.append(unit)
                 if ok:
                     entries.append({"key": p.key, "text": outcome["text"], "stats": outcome["stats"]})
+                self.failed += 0 if ok else len(p.holes)
                 bar.update(len(p.holes))
             self.journal.record(entries)
             self.computed += len(batches[i])
-            bar.set_postfix(failed=self.count(FAILED), refresh=False)
-            self._finish_units()
+            bar.set_postfix(failed=self.failed, refresh=False)
+            self._finish_units(touched)                 # after the journal: a written file is never ahead of it
         self.engine_s += time.perf_counter() - t0
 
-    def _finish_units(self) -> None:
-        for unit in self.units:
+    def _finish_units(self, units: list[Unit]) -> None:
+        for unit in units:
             if unit.done and not unit.finished:
                 unit.finished = True
                 if self.on_unit_done is not None:
                     self.on_unit_done(unit)
 
-    def count(self, status: str) -> int:
-        return sum(s == status for u in self.units for s in u.status)
