@@ -40,12 +40,25 @@ POINT_CURSOR = (1, 16)
 
 @functools.cache
 def point_answer() -> str:
+    """The engine's answer to POINT, through the server's own post-processing rules."""
     from fim_server.config import DecodeConfig
     from fim_server.engine import InfillRequest, load_engine
+    from lsp.completion import finish
+    from lsp.cursor import cursor_context
 
     engine = load_engine("diffusion", device="cpu", dtype="float32")
     config = DecodeConfig(single_line=True, max_tokens=32)
-    return engine.infill([InfillRequest("def __init__(self, name):\n    self.name = ", "\n")], config)[0].text
+    raw = engine.infill([InfillRequest("def __init__(self, name):\n    self.name = ", "\n")], config)[0].text
+    return finish(raw, cursor_context(POINT, *POINT_CURSOR), 8)
+
+
+# cursor at the end of the line that ends with `|`: the retrained bundled twin's completion
+# makes each of these compile, whatever its max_tokens
+COMPILING = [
+    "for i in range(10):\n    print(|\n",
+    "with open(path) as f:\n    data = f.|\n",
+    "import sys\n\n\ndef main(argv):\n    return 0\n\n\nif __name__ == '__main__':\n    sys.exit(|\n",
+]
 # a slow request: 128 masked slots, one committed per full forward (seconds on CPU)
 SLOW_ENGINE = {"max_tokens": 128, "cache": "none", "threshold": 1.0, "length": "fixed", "block_size": 128}
 SLOW_DOC = "def total(values):\n    \n"
@@ -230,6 +243,22 @@ async def test_inline_completion_fills_the_simple_case_exactly(start_lsp, worker
     assert item.command.command == "fim.accept" and item.command.arguments[0] == "file:///point.py"
     here = lsp.Position(line=1, character=16)
     assert item.range == lsp.Range(start=here, end=here)
+
+
+@pytest.mark.parametrize("case", range(len(COMPILING)))
+async def test_inline_completion_makes_the_document_compile(start_lsp, worker, case):
+    client = await lsp_on(start_lsp, worker, debounceMs=0)
+    marked = COMPILING[case]
+    offset = marked.index("|")
+    doc = marked.replace("|", "")
+    line, character = marked[:offset].count("\n"), offset - marked.rfind("\n", 0, offset) - 1
+    uri = f"file:///compiles-{case}.py"
+    open_doc(client, uri, doc)
+    with pytest.raises(SyntaxError):
+        compile(doc, uri, "exec")                                     # as typed, it does not
+    items = await inline(client, uri, line, character)
+    assert len(items) == 1 and items[0].insert_text.strip()
+    compile(apply(doc, line, character, items[0].insert_text), uri, "exec")
 
 
 async def test_completion_request_gives_the_middle_as_one_item(start_lsp, worker):
