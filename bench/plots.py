@@ -52,13 +52,17 @@ def latency(rows_by: dict[str, list[dict]], path: Path) -> Path:
 
 
 def quality_vs_tpf(settings: list[dict], metric: str, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for s in settings:
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    markers = {"ar": "s", "diffusion": "o", "speculative": "^"}
+    for k, s in enumerate(settings):
         x, y = s.get("tokens_per_forward"), s["quality"].get(metric)
         if x is None or y is None:
             continue
-        ax.scatter([x], [y], color=COLORS.get(s["engine"], "tab:green"), s=40)
-        ax.annotate(s["setting"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        # a legend entry per setting: close points would make annotations unreadable
+        ax.scatter([x], [y], color=plt.cm.tab10(k % 10), marker=markers.get(s["engine"], "D"), s=45,
+                   label=s["setting"], alpha=0.85)
+    if ax.collections:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xlabel("tokens per forward pass")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs tokens per forward")
@@ -98,7 +102,7 @@ def speedup_vs_threshold(comparison: dict, settings: list[dict], thresholds: dic
 def tpf_by_kind(settings: list[dict], path: Path) -> Path:
     kinds = sorted({k for s in settings for k in s["by_kind"]})
     shown = [s for s in settings if s["by_kind"]]
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(shown) * max(1, len(kinds)) / 2), 4.5))
+    fig, ax = plt.subplots(figsize=(min(14, 3 + 1.1 * len(shown)), 4.5))
     width = 0.8 / max(1, len(kinds))
     for k, kind in enumerate(kinds):
         heights = [(s["by_kind"].get(kind) or {}).get("tokens_per_forward") or 0 for s in shown]
