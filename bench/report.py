@@ -89,7 +89,7 @@ def _by_kind(summary: dict) -> list[str]:
 def markdown(summary: dict) -> str:
     comparison = summary["comparison"]
     out = [f"# fim-bench: {summary['suite']}", "",
-           f"Machine: {_machine(summary['machine'])}; workers with {summary.get('worker_threads') or 'default'} torch threads.",
+           f"Machine: {_machine(summary['machine'])}; torch threads per worker: {summary.get('worker_threads') or 'default'}.",
            f"Cases: {summary['cases']}. Quality: {summary['quality_metric']}. "
            f"Request options for every setting: {json.dumps(summary.get('base_options') or {})}.",
            f"Versions: {json.dumps(summary.get('versions') or {})}.",
