@@ -26,7 +26,7 @@ def worker(engine: str = "diffusion", model: Optional[str] = None, threads: int 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
                             env={**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})})
     try:
-        yield _wait_ready(proc, tmp / "worker.log")
+        yield wait_ready(proc, tmp / "worker.log")
     finally:
         proc.terminate()
         try:
@@ -36,8 +36,10 @@ def worker(engine: str = "diffusion", model: Optional[str] = None, threads: int 
         log.close()
 
 
-def _wait_ready(proc: subprocess.Popen, log: Path) -> str:
-    end = time.monotonic() + READY_TIMEOUT_S
+def wait_ready(proc: subprocess.Popen, log: Path, timeout: float = READY_TIMEOUT_S) -> str:
+    """The address from the worker's `ready ADDR` line on its stdout (text mode); the worker is
+    killed and its log raised when it exits or stays silent for `timeout` seconds."""
+    end = time.monotonic() + timeout
     while time.monotonic() < end:
         ready, _, _ = select.select([proc.stdout], [], [], 0.2)
         if ready:

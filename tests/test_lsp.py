@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcInvalidParams, JsonRpcRequestCancelled
 from pytest_lsp import ClientServerConfig, LanguageClient
 
+from bench.spawn import wait_ready
 from fim_server.client import WorkerClient
 
 READY_TIMEOUT = 120
@@ -78,20 +78,7 @@ class Worker:
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
                                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-        self.address = self._wait_ready()
-
-    def _wait_ready(self) -> str:
-        end = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < end:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready:
-                line = self.proc.stdout.readline()
-                if line.startswith("ready "):
-                    return line.split(" ", 1)[1].strip()
-                if not line and self.proc.poll() is not None:
-                    break
-        self.proc.kill()
-        raise AssertionError(f"worker did not get ready:\n{self.log_path.read_text()}")
+        self.address = wait_ready(self.proc, self.log_path, READY_TIMEOUT)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -25,6 +24,7 @@ import msgpack
 import pytest
 import zmq
 
+from bench.spawn import wait_ready
 from fim_server.client import RequestFailed, WorkerClient, WorkerUnavailable
 from fim_server.curve import client_curve
 from fim_server.protocol import (
@@ -68,20 +68,7 @@ class WorkerProcess:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-        self.address = self._wait_ready()
-
-    def _wait_ready(self) -> str:
-        end = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < end:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready:
-                line = self.proc.stdout.readline()
-                if line.startswith("ready "):
-                    return line.split(" ", 1)[1].strip()
-                if not line and self.proc.poll() is not None:
-                    break
-        self.proc.kill()
-        raise AssertionError(f"worker did not get ready:\n{self.log()}")
+        self.address = wait_ready(self.proc, self.log_path, READY_TIMEOUT)
 
     def log(self) -> str:
         return self.log_path.read_text()
