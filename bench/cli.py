@@ -3,6 +3,8 @@
     fim-bench run --suite humaneval-single --engines diffusion,ar --sweep threshold=0.5,0.7,0.9 \\
         --limit 200 --out bench/results/humaneval-single
     fim-bench run --suite repo --engines diffusion,ar --limit 100 --out results/repo
+    fim-bench run --suite humaneval-single --setting ar --setting diffusion \\
+        --setting 'diffusion early_commit=0.5' --setting 'diffusion unmask=eb' --setting speculative --out results/modes
     fim-bench run --suite safim --data ../shared/data/safim --engines diffusion,ar --out results/safim
     fim-bench report results/repo            # re-render summary.json / summary.md / *.png from the JSONL
 
@@ -49,16 +51,21 @@ def _connect_map(specs: list[str]) -> dict[str, str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench import harness, report
-    from bench.settings import build_settings, parse_sweep
+    from bench.settings import build_settings, parse_settings, parse_sweep
     from bench.suites import SuiteArgs, load_cases
 
     limit = args.limit if args.limit is not None else (QUICK_LIMIT if args.quick else None)
     if limit is not None and limit < 1:
         raise UsageError("--limit must be at least 1")
     max_tokens = args.max_tokens or (QUICK_MAX_TOKENS if args.quick else DEFAULT_MAX_TOKENS)
+    if args.setting and (args.sweep or args.engines):
+        raise UsageError("--setting names whole settings; leave out --engines and --sweep")
     try:
-        settings = build_settings([e.strip() for e in args.engines.split(",") if e.strip()],
-                                  parse_sweep(args.sweep), {"max_tokens": max_tokens})
+        if args.setting:
+            settings = parse_settings(args.setting, {"max_tokens": max_tokens})
+        else:
+            settings = build_settings([e.strip() for e in (args.engines or "diffusion,ar").split(",") if e.strip()],
+                                      parse_sweep(args.sweep), {"max_tokens": max_tokens})
         cases = load_cases(args.suite, SuiteArgs(data=args.data, repo=args.repo, limit=limit, seed=args.seed))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -100,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run a suite through the workers, write JSONL, summary and plots")
     p.add_argument("--suite", required=True, choices=list(SUITES))
-    p.add_argument("--engines", default="diffusion,ar", help="comma-separated: diffusion, ar, speculative")
+    p.add_argument("--engines", default=None, help="comma-separated: diffusion, ar, speculative (default: diffusion,ar)")
     p.add_argument("--limit", type=int, default=None,
                    help="fixed sets: this many evenly spaced cases; sampled suites: this many cases")
     p.add_argument("--quick", action="store_true",
@@ -111,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use a running worker instead of starting one (repeat per engine)")
     p.add_argument("--sweep", action="append", default=[], metavar="OPTION=V1,V2",
                    help="decoding option values to run, e.g. threshold=0.5,0.7,0.9 (repeatable)")
+    p.add_argument("--setting", action="append", default=[], metavar="'ENGINE [OPTION=V ...]'",
+                   help="one setting to run, e.g. 'diffusion early_commit=0.5' (repeatable; "
+                        "instead of --engines/--sweep)")
     p.add_argument("--data", default=None, help="data path of humaneval-released, safim, santacoder")
     p.add_argument("--repo", default=None, help="source tree of repo / structure (default: pinned PyPI projects)")
     p.add_argument("--out", required=True, help="results directory (re-using it resumes)")

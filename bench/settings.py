@@ -6,6 +6,9 @@ rule, early commit, ...) to `diffusion` and `speculative` (they shape its draft)
 options to `speculative` only, the common ones (max_tokens, temperature, ...) to all. The AR
 baseline takes none of the diffusion options, so it is one setting. Options travel in each
 request's `options` map, exactly as an editor's would.
+
+`--setting "diffusion early_commit=0.5"` (repeatable) names settings one by one instead, for
+comparing modes that are not a grid: plain diffusion, early commit, the EB rule, speculative.
 """
 
 from __future__ import annotations
@@ -94,4 +97,34 @@ def build_settings(engines: list[str], sweep: dict[str, list[Any]], base: dict[s
             setting = Setting(engine, tuple(zip(options, values)))
             DecodeConfig(engine=engine).replace(**setting.request_options(base))   # raises ValueError
             settings.append(setting)
+    return settings
+
+
+def parse_setting(spec: str, base: dict[str, Any]) -> Setting:
+    """"diffusion unmask=eb eb_gamma=0.3" -> Setting("diffusion", (("unmask", "eb"), ("eb_gamma", 0.3)))"""
+    engine, *pairs = spec.split()
+    if engine not in ENGINES:
+        raise ValueError(f"--setting {spec!r}: starts with an engine; known: {', '.join(ENGINES)}")
+    options = []
+    for pair in pairs:
+        option, sep, text = pair.partition("=")
+        option = option.replace("-", "_")
+        if not sep or not text:
+            raise ValueError(f"--setting {spec!r}: write ENGINE OPTION=VALUE ...")
+        if option not in _FIELDS or option in NOT_SWEPT:
+            raise ValueError(f"--setting {spec!r}: {option} is not a decoding option")
+        if not applies(option, engine):
+            raise ValueError(f"--setting {spec!r}: {option} does not apply to the {engine} engine")
+        options.append((option, _parse_value(option, text)))
+    setting = Setting(engine, tuple(options))
+    DecodeConfig(engine=engine).replace(**setting.request_options(base))   # raises ValueError
+    return setting
+
+
+def parse_settings(specs: list[str], base: dict[str, Any]) -> list[Setting]:
+    settings = [parse_setting(spec, base) for spec in specs]
+    names = [s.name for s in settings]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"--setting {twice[0]!r} given twice")
     return settings

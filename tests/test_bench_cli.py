@@ -16,7 +16,7 @@ from bench.pinned_repos import ensure_pinned, pinned_dir
 from bench.report import render
 from bench.sandbox import run_program
 from bench.scoring import score_many
-from bench.settings import Setting, build_settings, parse_sweep
+from bench.settings import Setting, build_settings, parse_settings, parse_sweep
 from bench.structure_cases import sample_structure_cases, sample_structure_repo
 from bench.suites import SuiteArgs, evenly_spaced, load_cases
 from bench.repo_cases import SourceFile
@@ -212,6 +212,23 @@ def test_sweeps_apply_to_the_engines_they_concern():
         build_settings(["gpt"], {}, {})
 
 
+def test_named_settings_compare_modes_that_are_no_grid():
+    settings = parse_settings(["ar", "diffusion", "diffusion early_commit=0.5", "diffusion unmask=eb eb_gamma=0.3",
+                               "speculative draft-length=8"], {"max_tokens": 16})
+    assert [s.name for s in settings] == ["ar", "diffusion", "diffusion early_commit=0.5",
+                                          "diffusion unmask=eb eb_gamma=0.3", "speculative draft_length=8"]
+    assert settings[3].request_options({"max_tokens": 16}) == {"max_tokens": 16, "unmask": "eb", "eb_gamma": 0.3}
+    assert settings[4].options == (("draft_length", 8),)
+    bad = {"gpt": "engine", "ar threshold=0.5": "does not apply", "diffusion draft_length=4": "does not apply",
+           "diffusion threshold": "OPTION=VALUE", "diffusion color=red": "not a decoding option",
+           "diffusion threshold=2": "threshold", "diffusion unmask=greedy": "unmask"}
+    for spec, message in bad.items():
+        with pytest.raises(ValueError, match=message):
+            parse_settings([spec], {})
+    with pytest.raises(ValueError, match="twice"):
+        parse_settings(["ar", "ar"], {})
+
+
 # ---------------------------------------------------------------- summary
 
 
@@ -312,3 +329,5 @@ def test_bad_arguments_get_a_clear_error(tmp_path, capsys):
     assert bench_main(["run", "--suite", "repo", "--sweep", "nonsense=1", "--out", str(tmp_path / "x")]) == 2
     assert "not a decoding option" in capsys.readouterr().err
     assert bench_main(["report", str(tmp_path / "nothing")]) == 2
+    assert bench_main(["run", "--suite", "repo", "--setting", "ar", "--engines", "ar", "--out", str(tmp_path / "x")]) == 2
+    assert "leave out --engines" in capsys.readouterr().err
