@@ -11,6 +11,7 @@ One step, for every running row of the batch:
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Optional
 
@@ -45,6 +46,8 @@ class DiffusionEngine:
         # tokens the end guard holds back: the family's end tokens and, DreamOn-style, delete
         self.end_ids = sorted(i for i in {*self.ids.end_of_middle, self.ids.delete} if i is not None)
         self.kv_store = kv_store if kv_store is not None else PrefixStore()
+        # project only the active window onto the vocabulary (a full forward has ~7x more positions)
+        self.takes_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     # ---------------------------------------------------------------- public
 
@@ -198,8 +201,11 @@ class DiffusionEngine:
             in_block[b, :block.shape[0]] = True
         return logits, in_block
 
-    def _forward(self, ids: list[list[int]], positions: list[list[int]], cache=None, key_valid=None):
-        """One forward of right-padded rows with bidirectional attention over cache + queries."""
+    def _forward(self, ids: list[list[int]], positions: list[list[int]], windows: list[tuple[int, int]],
+                 cache=None, key_valid=None):
+        """One forward of right-padded rows with bidirectional attention over cache + queries.
+        windows: per row, the query indices [start, end) whose logits are needed; the returned
+        logits are [B, W, V] with row b's window at [0, end - start) (the rest is padding)."""
         dev = self.lm.device
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), width), self.ids.pad, dtype=torch.long, device=dev)    # [B, Q]
@@ -211,8 +217,13 @@ class DiffusionEngine:
             q_valid[b, :len(x)] = True
         keys = q_valid if key_valid is None else torch.cat([key_valid, q_valid], dim=1)          # [B, K+Q]
         mask = keys[:, None, None, :].expand(-1, 1, width, -1)                                  # [B, 1, Q, K+Q]
-        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos,
-                          past_key_values=cache, use_cache=cache is not None)
+        span = max(e - s for s, e in windows)
+        keep = torch.tensor([[min(s + i, e - 1) for i in range(span)] for s, e in windows], device=dev)   # [B, W]
+        extra = {"logits_to_keep": keep} if self.takes_keep else {}
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos,
+                         past_key_values=cache, use_cache=cache is not None, **extra)
+        logits = out.logits if self.takes_keep else torch.take_along_dim(out.logits, keep[..., None], dim=1)
+        return logits, out.past_key_values
 
     def _full_forward(self, rows: list[Canvas], capture: bool, mode: str) -> dict[int, torch.Tensor]:
         """Every position of each row, except the leading ones whose KV was reused from the
@@ -224,17 +235,20 @@ class DiffusionEngine:
             base = next(r.past for r in rows if r.past is not None)
             cache, key_valid = assemble([r.past or RowKV.empty_like(base) for r in rows], self.model.config)
             width = key_valid.shape[1]                                              # slots before the queries
-        out = self._forward([x[n:] for x, n in zip(layouts, skip)],
-                            [list(range(n, len(x))) for x, n in zip(layouts, skip)], cache=cache, key_valid=key_valid)
+        windows = [row.window(self.shifted) for row in rows]
+        logits, past = self._forward([x[n:] for x, n in zip(layouts, skip)],
+                                     [list(range(n, len(x))) for x, n in zip(layouts, skip)],
+                                     [(ws - n, we - n) for (ws, we), n in zip(windows, skip)],
+                                     cache=cache, key_valid=key_valid)
         result = {}
         for b, (row, n) in enumerate(zip(rows, skip)):
-            ws, we = row.window(self.shifted)
-            result[id(row)] = out.logits[b, ws - n:we - n]                          # [L, V]
+            ws, we = windows[b]
+            result[id(row)] = logits[b, :we - ws]                                   # [L, V]
             if capture:
                 kept = row.kept_positions(mode, self.shifted)
                 slots = torch.tensor([p if p < n else width + p - n for p in kept], dtype=torch.long,
                                      device=self.lm.device)
-                row.kv = RowKV.capture(out.past_key_values, b, slots)
+                row.kv = RowKV.capture(past, b, slots)
                 if row.key:
                     row.lead_kv = row.kv.head(min(row.query_range(mode, self.shifted)[0], len(row.lead)))
                 row.stale = False
@@ -242,14 +256,15 @@ class DiffusionEngine:
 
     def _cached_forward(self, rows: list[Canvas], mode: str) -> dict[int, torch.Tensor]:
         cache, key_valid = assemble([r.kv for r in rows], self.model.config)
-        ids, positions = [], []
+        ids, positions, windows = [], [], []
         for row in rows:
             qs, qe = row.query_range(mode, self.shifted)
+            ws, we = row.window(self.shifted)
             ids.append(row.layout()[qs:qe])
             positions.append(list(range(qs, qe)))
-        out = self._forward(ids, positions, cache=cache, key_valid=key_valid)
+            windows.append((0, we - ws))                         # the window leads the query range
+        logits, _ = self._forward(ids, positions, windows, cache=cache, key_valid=key_valid)
         result = {}
         for b, row in enumerate(rows):
-            ws, we = row.window(self.shifted)
-            result[id(row)] = out.logits[b, :we - ws]           # the window leads the query range
+            result[id(row)] = logits[b, :windows[b][1]]
         return result
