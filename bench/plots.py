@@ -2,6 +2,8 @@
 
   latency.png             end-to-end and engine-only latency per setting (box plots, log scale)
   quality_vs_tpf.png      headline quality against tokens per forward, one point per setting
+  quality_vs_latency.png  headline quality (and edit similarity) against p50 latency, one point
+                          per setting: where each decoding mode sits on the speed/quality plane
   speedup_vs_threshold.png  AR p50 latency / setting p50 latency against the threshold
   tpf_by_kind.png         tokens per forward per kind of middle (when a run has several kinds)
 """
@@ -67,6 +69,31 @@ def quality_vs_tpf(settings: list[dict], metric: str, path: Path) -> Path:
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs tokens per forward")
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def quality_vs_latency(settings: list[dict], metric: str, path: Path) -> Path:
+    """One panel per metric: the headline one and, when it is another, edit similarity (pass@1
+    of weak models is mostly 0, edit similarity still separates the settings)."""
+    metrics = [metric] + [m for m in ("edit_similarity",) if m != metric
+                          and any(m in s["quality"] for s in settings)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics) + 2.5, 4.5), squeeze=False)
+    markers = {"ar": "s", "diffusion": "o", "speculative": "^"}
+    for ax, m in zip(axes[0], metrics):
+        for k, s in enumerate(settings):
+            x, y = s["latency_ms"]["p50"], s["quality"].get(m)
+            if x is None or y is None:
+                continue
+            ax.scatter([x], [y], color=plt.cm.tab10(k % 10), marker=markers.get(s["engine"], "D"), s=50,
+                       label=s["setting"], alpha=0.85)
+        ax.set_xscale("log")
+        ax.set_xlabel("p50 latency per completion, end to end (ms, log)")
+        ax.set_ylabel(m)
+        ax.set_title(f"{m} vs latency")
+        ax.grid(alpha=0.3, which="both")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        axes[0][-1].legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
 
 

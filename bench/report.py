@@ -124,6 +124,7 @@ def render(out_dir: str | Path) -> dict:
     rows_by = {s["setting"]: [r for r in rows if r["setting"] == s["setting"]] for s in summary["settings"]}
     plots.latency(rows_by, out_dir / "latency.png")
     plots.quality_vs_tpf(summary["settings"], summary["quality_metric"], out_dir / "quality_vs_tpf.png")
+    plots.quality_vs_latency(summary["settings"], summary["quality_metric"], out_dir / "quality_vs_latency.png")
     thresholds = {c["setting"]: c["config"].get("threshold") for c in summary.get("setting_configs") or []}
     plots.speedup_vs_threshold(summary["comparison"], summary["settings"], thresholds,
                                out_dir / "speedup_vs_threshold.png")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,9 @@ def worker(engine: str = "diffusion", model: Optional[str] = None, threads: int 
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
         log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def wait_ready(proc: subprocess.Popen, log: Path, timeout: float = READY_TIMEOUT_S) -> str:

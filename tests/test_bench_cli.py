@@ -5,6 +5,7 @@ import gzip
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -311,7 +312,7 @@ def test_run_end_to_end_then_report_rebuilds_the_same_summary(tmp_path):
     assert summary["machine"]["cpu"] and set(summary["models"]) == {"diffusion", "ar"}
     assert summary["comparison"]["ratios"][0]["n_paired"] == 3
     assert "| diffusion | 3 |" in (out / "summary.md").read_text() and "| diffusion | 3 |" in done.stdout
-    pngs = ["latency.png", "quality_vs_tpf.png", "speedup_vs_threshold.png"]
+    pngs = ["latency.png", "quality_vs_tpf.png", "speedup_vs_threshold.png", "quality_vs_latency.png"]
     assert all((out / p).read_bytes().startswith(b"\x89PNG") for p in pngs)
 
     before = (out / "summary.json").read_text()
@@ -331,3 +332,35 @@ def test_bad_arguments_get_a_clear_error(tmp_path, capsys):
     assert bench_main(["report", str(tmp_path / "nothing")]) == 2
     assert bench_main(["run", "--suite", "repo", "--setting", "ar", "--engines", "ar", "--out", str(tmp_path / "x")]) == 2
     assert "leave out --engines" in capsys.readouterr().err
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_a_killed_run_stops_its_workers_and_keeps_its_cases(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--suite", "humaneval-single", "--engines", "ar",
+                             "--limit", "400", "--max-tokens", "16", "--threads", "1", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / records.FILE).exists() or not _case_rows(out):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
+        time.sleep(0.2)
+    workers = _children(proc.pid)
+    assert workers, "the run started no worker process"
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "resume" in err
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
+                and "fim_server" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+    assert 0 < len(_case_rows(out)) < 400
