@@ -43,9 +43,12 @@ def _models(models: Optional[dict]) -> list[str]:
 
 def _main_table(summary: dict) -> list[str]:
     metric = summary["quality_metric"]
-    ratio = {r["setting"]: r["latency_ratio_p50"] for r in summary["comparison"].get("ratios", [])}
-    lines = [f"| setting | n | {metric} | p50 ms | p95 ms | p99 ms | engine p50 ms | NFE | tokens/forward | tokens/s | x AR p50 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    ratios = {r["setting"]: r for r in summary["comparison"].get("ratios", [])}
+    ratio = {name: r["latency_ratio_p50"] for name, r in ratios.items()}
+    plain = summary["comparison"].get("plain_diffusion")
+    extra = " x diffusion p50 |" if plain else ""
+    lines = [f"| setting | n | {metric} | p50 ms | p95 ms | p99 ms | engine p50 ms | NFE | tokens/forward | tokens/s | x AR p50 |{extra}",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if plain else "")]
     for s in summary["settings"]:
         lat, eng = s["latency_ms"], s["engine_latency_ms"]
         errors = f" ({s['errors']} errors)" if s["errors"] else ""
@@ -53,6 +56,20 @@ def _main_table(summary: dict) -> list[str]:
                      f"{_ms(lat['p95'])} | {_ms(lat['p99'])} | {_ms(eng['p50'])} | {_fmt(s['nfe_mean'], 1)} | "
                      f"{_fmt(s['tokens_per_forward'], 2)} | {_fmt(s['tokens_per_s'], 1)} | "
                      f"{_fmt(ratio.get(s['setting']), 2) if s['engine'] != 'ar' else '1'} |")
+        if plain:
+            vs_plain = "1" if s["setting"] == plain else _fmt(ratios.get(s["setting"], {}).get("diffusion_ratio_p50"), 2)
+            lines[-1] += f" {vs_plain if s['engine'] != 'ar' else '-'} |"
+    return lines
+
+
+def _speculative(summary: dict) -> list[str]:
+    lines = []
+    for r in summary["comparison"].get("ratios", []):
+        if r.get("ar_forwards_mean") is not None:
+            saved = r.get("ar_forwards_saved")
+            lines.append(f"- {r['setting']}: {r['ar_forwards_mean']} AR forwards per case against "
+                         f"{r['baseline_forwards_mean']} for AR alone on the same cases "
+                         f"({_fmt(100 * saved, 1) if saved is not None else '-'}% saved).")
     return lines
 
 
@@ -98,8 +115,11 @@ def markdown(summary: dict) -> str:
     if comparison.get("baseline"):
         out.append("Latency ratios are setting / AR at p50, end to end, on the cases both finished "
                    "(above 1: slower than AR).")
+        if comparison.get("plain_diffusion"):
+            out[-1] = out[-1][:-1] + f"; x diffusion: the same against `{comparison['plain_diffusion']}`."
         for engine, answer in comparison.get("at_equal_quality", {}).items():
             out.append(f"- At equal quality ({engine}): {answer['statement']}.")
+        out += _speculative(summary)
     else:
         out.append(comparison.get("note", ""))
     extra = _other_metrics(summary)

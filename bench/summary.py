@@ -92,10 +92,35 @@ def _paired(rows_a: list[dict], rows_b: list[dict]) -> tuple[list[dict], list[di
     return sorted((r for r in rows_a if r["case_id"] in ids), key=key), sorted((r for r in rows_b if r["case_id"] in ids), key=key)
 
 
+def _plain_diffusion(settings: list[dict]) -> Optional[dict]:
+    """The diffusion setting with no decoding option of its own (only common ones like max_tokens)."""
+    return next((s for s in settings if s["engine"] == "diffusion"
+                 and not [k for k in s["options"] if k not in COMMON]), None)
+
+
+def _against_plain(s: dict, plain: Optional[dict], rows_by: dict[str, list[dict]]) -> dict[str, Any]:
+    """p50 latency ratio against plain diffusion on the cases both finished; speculative: AR
+    forwards per case against the AR baseline's forwards on the same cases."""
+    found: dict[str, Any] = {}
+    if plain is not None and s is not plain:
+        mine, theirs = _paired(rows_by[s["setting"]], rows_by[plain["setting"]])
+        if mine:
+            found["diffusion_ratio_p50"] = _r(speed(mine)["latency_ms"]["p50"] / speed(theirs)["latency_ms"]["p50"], 3)
+    return found
+
+
+def _ar_forwards(mine: list[dict], theirs: list[dict]) -> dict[str, Any]:
+    spec = np.mean([float((r.get("stats") or {}).get("ar_forwards") or 0) for r in mine])
+    alone = np.mean([float(r.get("nfe") or 0) for r in theirs])
+    return {"ar_forwards_mean": _r(spec, 2), "baseline_forwards_mean": _r(alone, 2),
+            "ar_forwards_saved": _r(1 - spec / alone, 3) if alone else None}
+
+
 def compare(settings: list[dict], rows_by: dict[str, list[dict]], metric: str) -> dict[str, Any]:
     baselines = [s for s in settings if s["engine"] == BASELINE]
     if not baselines:
         return {"baseline": None, "note": "no AR baseline in this run: no ratios"}
+    plain = _plain_diffusion(settings)
     ratios = []
     for s in settings:
         base = _baseline_for(s, baselines)
@@ -111,8 +136,9 @@ def compare(settings: list[dict], rows_by: dict[str, list[dict]], metric: str) -
             "engine_latency_ratio_p50": _r(lat["engine_latency_ms"]["p50"] / base_lat["engine_latency_ms"]["p50"], 3),
             "latency_ratio_mean": _r(lat["latency_ms"]["mean"] / base_lat["latency_ms"]["mean"], 3),
             "quality": quality(mine).get(metric), "baseline_quality": quality(theirs).get(metric),
-            "latency_p50_ms": lat["latency_ms"]["p50"], "baseline_latency_p50_ms": base_lat["latency_ms"]["p50"]})
-    return {"baseline": BASELINE, "metric": metric, "ratios": ratios, "at_equal_quality": at_equal_quality(ratios, metric)}
+            "latency_p50_ms": lat["latency_ms"]["p50"], "baseline_latency_p50_ms": base_lat["latency_ms"]["p50"],
+            **_against_plain(s, plain, rows_by), **(_ar_forwards(mine, theirs) if s["engine"] == "speculative" else {})})
+    return {"baseline": BASELINE, "plain_diffusion": plain["setting"] if plain else None, "metric": metric, "ratios": ratios, "at_equal_quality": at_equal_quality(ratios, metric)}
 
 
 def at_equal_quality(ratios: list[dict], metric: str) -> dict[str, dict]:

@@ -14,7 +14,7 @@ from bench import records, safim
 from bench.cases import FimCase
 from bench.cli import main as bench_main
 from bench.pinned_repos import ensure_pinned, pinned_dir
-from bench.report import render
+from bench.report import markdown, render
 from bench.sandbox import run_program
 from bench.scoring import score_many
 from bench.settings import Setting, build_settings, parse_settings, parse_sweep
@@ -255,6 +255,29 @@ def test_summary_finds_the_fastest_setting_at_equal_quality():
     worse = [r for r in rows if r["setting"] != "diffusion threshold=0.9" and r["setting"] != "diffusion threshold=1.0"]
     statement = summarize([header, *worse])["comparison"]["at_equal_quality"]["diffusion"]["statement"]
     assert statement.startswith("no diffusion setting reaches the AR baseline's pass@1 (0.5)")
+
+
+def test_modes_are_compared_with_plain_diffusion_and_speculative_counts_ar_forwards():
+    header = {"type": "run", "suite": "humaneval-single", "quality": "pass@1", "settings": []}
+    rows = []
+    for i in range(3):
+        spec = _row("speculative", "speculative", i, 200, True)
+        spec["stats"] = {"ar_forwards": 3}
+        rows += [{**_row("ar", "ar", i, 100, True), "nfe": 5}, _row("diffusion", "diffusion", i, 1000, False),
+                 _row("diffusion unmask=eb", "diffusion", i, 500, False, {"unmask": "eb"}), spec]
+    summary = summarize([header, *rows])
+    comparison = summary["comparison"]
+    assert comparison["plain_diffusion"] == "diffusion"
+    by = {r["setting"]: r for r in comparison["ratios"]}
+    assert by["diffusion unmask=eb"]["diffusion_ratio_p50"] == 0.5 and "diffusion_ratio_p50" not in by["diffusion"]
+    assert by["speculative"]["diffusion_ratio_p50"] == 0.2 and by["speculative"]["latency_ratio_p50"] == 2.0
+    assert (by["speculative"]["ar_forwards_mean"], by["speculative"]["baseline_forwards_mean"],
+            by["speculative"]["ar_forwards_saved"]) == (3, 5, 0.4)
+    text = markdown(summary)
+    assert "x diffusion p50" in text and "| diffusion unmask=eb | 3 |" in text
+    assert "speculative: 3.0 AR forwards per case against 5.0 for AR alone on the same cases (40.0% saved)" in text
+    # without a plain diffusion setting there is no such column
+    assert "x diffusion p50" not in markdown(summarize([header, *[r for r in rows if r["setting"] != "diffusion"]]))
 
 
 # ---------------------------------------------------------------- real workers
