@@ -26,6 +26,7 @@ from ..postprocess import line_complete, postprocess
 from .kv import RowKV, assemble
 from .layout import fit_context
 from .prefix_store import PrefixStore
+from .rows import RowEngine
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 
 
@@ -49,7 +50,7 @@ class _Row:
         self.stop_reason = reason
 
 
-class AREngine:
+class AREngine(RowEngine):
     kind = "ar"
 
     def __init__(self, lm: LoadedModel, kv_store: Optional[PrefixStore] = None):
@@ -71,24 +72,6 @@ class AREngine:
         self.kv_store = kv_store if kv_store is not None else PrefixStore()
 
     # ---------------------------------------------------------------- public
-
-    def warmup(self) -> float:
-        t0 = time.perf_counter()
-        self.infill([InfillRequest("def f(x):\n    return ", "\n")], DecodeConfig(engine="ar", max_tokens=4))
-        return time.perf_counter() - t0
-
-    @torch.inference_mode()
-    def infill(self, requests: list[InfillRequest], config: DecodeConfig,
-               should_stop: Optional[ShouldStop] = None) -> list[InfillResult]:
-        if not requests:
-            return []
-        t0 = time.perf_counter()
-        rows = [self._start(r, config) for r in requests]
-        t1 = time.perf_counter()
-        self._generate(rows, config, should_stop)
-        decode_ms = (time.perf_counter() - t1) * 1000
-        encode_ms = (t1 - t0) * 1000 / len(rows)
-        return [self._result(row, req, config, encode_ms, decode_ms, t0) for row, req in zip(rows, requests)]
 
     def prompt(self, prefix_ids: list[int], suffix_ids: list[int]) -> list[int]:
         """PSM: [bos] <fim_prefix> prefix <fim_suffix> suffix <fim_middle>."""

@@ -126,9 +126,7 @@ class DiffusionEngine:
             active = [rows[i] for i in running if not rows[i].done]
             if not active:
                 return
-            logits, in_block = self._predict(active, config)                    # [B, L, V], [B, L]
-            tokens, conf, probs = self._propose(logits, active, config, generator)   # [B, L] x2, [B, L, V]
-            masked = self._masked(active, in_block)                             # [B, L]
+            tokens, conf, probs, masked = self.propose(active, config, generator)   # [B, L] x2, [B, L, V], [B, L]
             commit, early = choose(rule, conf, masked, probs, config.early_commit)   # [B, L], [B]
             for b, row in enumerate(active):
                 row.nfe += 1
@@ -139,6 +137,15 @@ class DiffusionEngine:
         for row in rows:
             if not row.done:
                 row.finish("steps")
+
+    def propose(self, rows: list[Canvas], config: DecodeConfig, generator: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward over the rows' active blocks: the proposed token and its confidence per block
+        position ([B, L] each), the distribution they come from ([B, L, V]) and which positions are
+        still masked ([B, L]). The unmask rule then picks what to commit (here, or in a draft)."""
+        logits, in_block = self._predict(rows, config)                      # [B, L, V], [B, L]
+        tokens, conf, probs = self._propose(logits, rows, config, generator)
+        return tokens, conf, probs, self._masked(rows, in_block)
 
     def _check_stop(self, row: Canvas, config: DecodeConfig) -> None:
         if row.end_index() is not None:

@@ -37,6 +37,7 @@ from .canvas import Canvas
 from .diffusion import DiffusionEngine
 from .kv import RowKV
 from .layout import fit_context
+from .rows import RowEngine
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 from .unmask import choose, make_rule
 
@@ -180,7 +181,7 @@ def accept_sampled(draft: list[int], q: torch.Tensor, p: torch.Tensor,
     return n, int(torch.multinomial(p[n], 1, generator=generator))
 
 
-class SpeculativeEngine:
+class SpeculativeEngine(RowEngine):
     kind = "speculative"
 
     def __init__(self, draft: DiffusionEngine, verifier: AREngine):
@@ -197,24 +198,6 @@ class SpeculativeEngine:
         self.ar_end = verifier.ids.end_of_middle[0]
 
     # ---------------------------------------------------------------- public
-
-    def warmup(self) -> float:
-        t0 = time.perf_counter()
-        self.infill([InfillRequest("def f(x):\n    return ", "\n")], DecodeConfig(engine="speculative", max_tokens=4))
-        return time.perf_counter() - t0
-
-    @torch.inference_mode()
-    def infill(self, requests: list[InfillRequest], config: DecodeConfig,
-               should_stop: Optional[ShouldStop] = None) -> list[InfillResult]:
-        if not requests:
-            return []
-        t0 = time.perf_counter()
-        rows = [self._start(r, config) for r in requests]
-        t1 = time.perf_counter()
-        self._generate(rows, config, should_stop)
-        decode_ms = (time.perf_counter() - t1) * 1000
-        encode_ms = (t1 - t0) * 1000 / len(rows)
-        return [self._result(row, req, config, encode_ms, decode_ms, t0) for row, req in zip(rows, requests)]
 
     # ---------------------------------------------------------------- set-up and results
 
@@ -316,9 +299,7 @@ class SpeculativeEngine:
             if not active:
                 break
             group = [canvases[b] for b in active]
-            logits, in_block = d._predict(group, config)                         # [B, L, V], [B, L]
-            tokens, conf, probs = d._propose(logits, group, config, generator)   # [B, L] x2, [B, L, V]
-            masked = d._masked(group, in_block)                                  # [B, L]
+            tokens, conf, probs, masked = d.propose(group, config, generator)    # [B, L] x2, [B, L, V], [B, L]
             if sampling:
                 conf = probs.max(dim=-1).values
             commit, _ = choose(rule, conf, masked, probs, config.early_commit)
