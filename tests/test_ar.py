@@ -13,6 +13,7 @@ from fim_server.engine.layout import ANCHOR_LINES
 from fim_server.engine.types import InfillRequest
 from fim_server.models import load_model
 from fim_server.models.random_init import SAMPLE_CODE, build_random_checkpoint
+from helpers import liven
 
 AR_FAMILIES = ["fim-tiny-ar", "qwen2.5-coder", "starcoder2", "deepseek-coder", "codellama"]
 
@@ -23,16 +24,6 @@ REQUESTS = [
 ]
 
 GREEDY = DecodeConfig(engine="ar", max_tokens=16)
-
-
-def liven(model: torch.nn.Module, seed: int = 0, std: float = 0.3) -> None:
-    """Redraw the matrices with a larger spread: a freshly initialised model repeats one token
-    forever, which would hide cache and position bugs; this one changes its mind every step."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
 @pytest.fixture(scope="module")

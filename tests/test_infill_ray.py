@@ -9,12 +9,11 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from fim_server import cli  # noqa: E402
-from fim_server.engine import load_engine  # noqa: E402
-from fim_server.infill import InfillOptions, LocalRunner, fingerprint, infill  # noqa: E402
+from fim_server.infill import InfillOptions, LocalRunner, infill  # noqa: E402
 from fim_server.infill.journal import Journal  # noqa: E402
 from fim_server.infill_ray import RayRunner  # noqa: E402
-from test_infill import (CONFIG, TREE, Crash, Recording, make_tree, many_holes, one_thread,  # noqa: E402,F401
-                         read_tree)
+from test_infill import (CONFIG, TREE, Crash, Recording, engine, fp, make_tree, many_holes,  # noqa: E402,F401
+                         one_thread, read_tree)
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +22,6 @@ def local_ray():
              log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def engine(random_dlm_dir):
-    return load_engine("diffusion", str(random_dlm_dir), dtype="float64")
-
-
-@pytest.fixture(scope="module")
-def fp(random_dlm_dir):
-    return fingerprint("diffusion", str(random_dlm_dir), None, "float64", CONFIG)
 
 
 def options(tmp: Path, name: str, **kw) -> InfillOptions:

@@ -19,6 +19,7 @@ from fim_server.engine.speculative import ARCache, Draft, SpeculativeEngine
 from fim_server.engine.types import InfillRequest
 from fim_server.models import load_model
 from fim_server.models.random_init import SAMPLE_CODE, build_random_checkpoint
+from helpers import liven
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,15 +35,6 @@ REQUESTS += [InfillRequest("".join(LINES[:i]) + "    ", "".join(LINES[i + 1:]), 
 
 AR = DecodeConfig(engine="ar", max_tokens=16, context_tokens=96)
 SPEC = AR.replace(engine="speculative")
-
-
-def liven(model: torch.nn.Module, seed: int, std: float = 0.3) -> None:
-    """Larger random weights: a fresh random model repeats one token, which would hide bugs."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
 @pytest.fixture(scope="module")
