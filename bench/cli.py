@@ -55,6 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.settings import build_settings, parse_settings, parse_sweep
     from bench.suites import SuiteArgs, load_cases
 
+    if args.parallel < 1:
+        raise UsageError("--parallel must be at least 1")
     limit = args.limit if args.limit is not None else (QUICK_LIMIT if args.quick else None)
     if limit is not None and limit < 1:
         raise UsageError("--limit must be at least 1")
@@ -73,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = harness.RunConfig(
         suite=args.suite, settings=tuple(settings), out=Path(args.out), base_options={"max_tokens": max_tokens},
         connect=_connect_map(args.connect), model=args.model, ar_model=args.ar_model, threads=args.threads,
-        deadline_s=args.deadline, score_workers=args.score_workers, note=args.note,
+        deadline_s=args.deadline, score_workers=args.score_workers, note=args.note, parallel=args.parallel,
         args={k: v for k, v in vars(args).items() if k != "func"})
     print(f"{args.suite}: {len(cases)} cases x {len(settings)} settings -> {config.out}", file=sys.stderr)
     try:
@@ -127,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results directory (re-using it resumes)")
     p.add_argument("--max-tokens", type=int, default=None, help=f"middle tokens at most (default {DEFAULT_MAX_TOKENS})")
     p.add_argument("--threads", type=int, default=0, help="torch threads of the started workers (0: torch's default)")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="workers started per engine, each sent one case at a time (e.g. one per core)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed of repo / structure")
     p.add_argument("--deadline", type=float, default=300.0, help="seconds per request")
     p.add_argument("--note", default=None, help="a line for the report, e.g. what else the machine was doing")

@@ -11,6 +11,9 @@ every other stat the engine reports (speculative: AR/draft forwards, acceptance 
 Settings run side by side: cases go in chunks, and every setting runs a chunk before the next
 chunk starts, so a load change on the machine hits all settings alike. Scoring (sandboxed
 subprocesses) happens between chunks, never while a request is being timed.
+
+--parallel N starts N workers per engine (one per core, say) and spreads each chunk's cases
+over them; every worker still gets one request at a time, so each latency is one request's.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class RunConfig:
     threads: int = 0                     # torch threads of the workers started here; 0 = torch's default
     deadline_s: float = 300.0            # per request
     score_workers: int = 0               # parallel sandbox runs; 0 = one per core
+    parallel: int = 1                    # workers per engine started here, each sent one case at a time
     args: dict[str, Any] = field(default_factory=dict)          # the command line, for the record
     note: Optional[str] = None           # a line for the report (what else the machine was doing)
 
@@ -87,15 +91,15 @@ def _spawn(engine: str, config: RunConfig):
     return worker(engine, config.ar_model if engine == "ar" else config.model, config.threads)
 
 
-def start_workers(stack: contextlib.ExitStack, engines: list[str], config: RunConfig) -> dict[str, str]:
-    """engine -> address; workers started here stop when `stack` closes."""
+def start_workers(stack: contextlib.ExitStack, engines: list[str], config: RunConfig) -> dict[str, list[str]]:
+    """engine -> addresses (one, or config.parallel started here); they stop when `stack` closes."""
     addresses = {}
     for engine in engines:
         if engine in config.connect:
-            addresses[engine] = config.connect[engine]
+            addresses[engine] = [config.connect[engine]]
             continue
         try:
-            addresses[engine] = stack.enter_context(_spawn(engine, config))
+            addresses[engine] = [stack.enter_context(_spawn(engine, config)) for _ in range(config.parallel)]
         except RuntimeError as exc:
             raise HarnessError(f"the {engine} worker did not start: {exc}") from None
     return addresses
@@ -172,11 +176,12 @@ def _header(config: RunConfig, models: dict, n_cases: int) -> dict[str, Any]:
                           "config": DecodeConfig(engine=s.engine).replace(**s.request_options(config.base_options)).to_dict()}
                          for s in config.settings],
             "base_options": config.base_options, "worker_threads": config.threads,
+            "workers_per_engine": config.parallel,
             "quality": SUITES[config.suite].quality, "note": config.note, "args": config.args}
 
 
 class _Runner:
-    def __init__(self, config: RunConfig, cases: list[FimCase], clients: dict[str, WorkerClient], done: set):
+    def __init__(self, config: RunConfig, cases: list[FimCase], clients: dict[str, list[WorkerClient]], done: set):
         self.config, self.cases, self.clients, self.done = config, cases, clients, done
         self.warmed: set[str] = set()
 
@@ -184,16 +189,23 @@ class _Runner:
         """One untimed request per setting, so no timed case pays a first-use cost."""
         if setting.name not in self.warmed:
             self.warmed.add(setting.name)
-            await run_case(self.clients[setting.engine], self.cases[0], setting, self.config)
+            for client in self.clients[setting.engine]:
+                await run_case(client, self.cases[0], setting, self.config)
 
     async def chunk(self, setting: Setting, cases: list[FimCase]) -> list[dict]:
+        """The cases' rows in case order; with several workers, case k goes to worker k mod N."""
         await self.warm_up(setting)
-        rows = []
-        for case in cases:
-            try:
-                rows.append(await run_case(self.clients[setting.engine], case, setting, self.config))
-            except WorkerUnavailable as exc:
-                raise HarnessError(f"the {setting.engine} worker stopped answering: {exc}") from None
+        clients = self.clients[setting.engine]
+        rows: list[Optional[dict]] = [None] * len(cases)
+
+        async def one_worker(w: int) -> None:
+            for k in range(w, len(cases), len(clients)):
+                try:
+                    rows[k] = {**await run_case(clients[w], cases[k], setting, self.config), "worker": w}
+                except WorkerUnavailable as exc:
+                    raise HarnessError(f"the {setting.engine} worker stopped answering: {exc}") from None
+
+        await asyncio.gather(*(one_worker(w) for w in range(len(clients))))
         return rows
 
     def score(self, cases: list[FimCase], rows: list[dict]) -> list[dict]:
@@ -221,18 +233,20 @@ class _Runner:
         return errors
 
 
-async def _run_async(config: RunConfig, cases: list[FimCase], addresses: dict[str, str], previous: list[dict]) -> int:
-    clients = {engine: WorkerClient(address) for engine, address in addresses.items()}
+async def _run_async(config: RunConfig, cases: list[FimCase], addresses: dict[str, list[str]],
+                     previous: list[dict]) -> int:
+    clients = {engine: [WorkerClient(a) for a in found] for engine, found in addresses.items()}
     try:
-        models = {engine: await worker_info(client, engine) for engine, client in clients.items()}
+        models = {engine: await worker_info(found[0], engine) for engine, found in clients.items()}
         header = _header(config, models, len(cases))
         _check_resumable(previous, header)
         with records.Appender(config.out / records.FILE) as out:
             out.write([header])
             return await _Runner(config, cases, clients, records.finished(previous)).run(out)
     finally:
-        for client in clients.values():
-            client.close()
+        for found in clients.values():
+            for client in found:
+                client.close()
 
 
 def run(config: RunConfig, cases: list[FimCase]) -> int:

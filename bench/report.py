@@ -36,6 +36,11 @@ def _machine(m: Optional[dict]) -> str:
     return f"{where}; Python {m.get('python')}, torch {m.get('torch')}, transformers {m.get('transformers')}"
 
 
+def _parallel(counts: list[int]) -> str:
+    """'' for one worker per engine throughout; else how many, per resumed run in order."""
+    return "" if counts == [1] else "; workers per engine: " + " then ".join(map(str, counts))
+
+
 def _models(models: Optional[dict]) -> list[str]:
     return [f"- {engine}: `{info.get('model')}` (sha256 {info.get('weights_sha256')}, {info.get('device')}"
             f"{', RANDOM WEIGHTS' if info.get('random_weights') else ''})" for engine, info in (models or {}).items()]
@@ -106,7 +111,8 @@ def _by_kind(summary: dict) -> list[str]:
 def markdown(summary: dict) -> str:
     comparison = summary["comparison"]
     out = [f"# fim-bench: {summary['suite']}", "",
-           f"Machine: {_machine(summary['machine'])}; torch threads per worker: {summary.get('worker_threads') or 'default'}.",
+           f"Machine: {_machine(summary['machine'])}; torch threads per worker: {summary.get('worker_threads') or 'default'}"
+           f"{_parallel(summary.get('workers_per_engine') or [1])}.",
            f"Cases: {summary['cases']}. Quality: {summary['quality_metric']}. "
            f"Request options for every setting: {json.dumps(summary.get('base_options') or {})}.",
            f"Versions: {json.dumps(summary.get('versions') or {})}.",

@@ -179,6 +179,7 @@ def summarize(all_records: list[dict]) -> dict[str, Any]:
     return {
         "suite": last["suite"], "quality_metric": metric, "machine": last.get("machine"), "models": last.get("models"),
         "versions": last.get("versions"), "worker_threads": last.get("worker_threads"),
+        "workers_per_engine": list(dict.fromkeys(h.get("workers_per_engine") or 1 for h in headers)),
         "base_options": last.get("base_options"), "setting_configs": last.get("settings"),
         "notes": list(dict.fromkeys(h["note"] for h in headers if h.get("note"))),
         "runs": [{k: h.get(k) for k in ("started", "cases", "args")} for h in headers],

@@ -387,3 +387,18 @@ def test_a_killed_run_stops_its_workers_and_keeps_its_cases(tmp_path):
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
                 and "fim_server" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
     assert 0 < len(_case_rows(out)) < 400
+
+
+def test_parallel_workers_give_the_same_rows_in_case_order(tmp_path, ar_worker):
+    common = ["run", "--suite", "humaneval-single", "--engines", "ar", "--limit", "6", "--max-tokens", "8",
+              "--threads", "1"]
+    assert bench_main([*common, "--connect", f"ar={ar_worker}", "--out", str(tmp_path / "one")]) == 0
+    assert bench_main([*common, "--parallel", "2", "--out", str(tmp_path / "two")]) == 0
+    one, two = _case_rows(tmp_path / "one"), _case_rows(tmp_path / "two")
+    assert [r["case_id"] for r in two] == [r["case_id"] for r in one]
+    assert [r["completion"] for r in two] == [r["completion"] for r in one]      # greedy AR: deterministic
+    assert [r["worker"] for r in two] == [0, 1] * 3 and {r["worker"] for r in one} == {0}
+    assert render(tmp_path / "two")["workers_per_engine"] == [2]
+    assert "workers per engine: 2" in (tmp_path / "two" / "summary.md").read_text()
+    assert "workers per engine" not in (tmp_path / "one" / "summary.md").read_text()
+    assert bench_main([*common, "--parallel", "0", "--out", str(tmp_path / "x")]) == 2
