@@ -6,6 +6,7 @@
                           per setting: where each decoding mode sits on the speed/quality plane
   speedup_vs_threshold.png  AR p50 latency / setting p50 latency against the threshold
   tpf_by_kind.png         tokens per forward per kind of middle (when a run has several kinds)
+  modes (bench/modes.py)  edit similarity against p50 latency across suites, a panel per suite
 """
 
 from __future__ import annotations
@@ -139,4 +140,35 @@ def tpf_by_kind(settings: list[dict], path: Path) -> Path:
     ax.set_ylabel("tokens per forward pass")
     ax.set_title("Tokens per forward by kind of middle")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def modes(summaries: list[dict], path: Path) -> Path:
+    """Edit similarity (or the headline metric where there is none) against p50 latency, one
+    panel per suite; a setting keeps its colour and marker in every panel."""
+    names = list(dict.fromkeys(st["setting"] for s in summaries for st in s["settings"]))
+    colour = {n: plt.cm.tab10(k % 10) for k, n in enumerate(names)}
+    markers = {"ar": "s", "diffusion": "o", "speculative": "^"}
+    fig, axes = plt.subplots(1, len(summaries), figsize=(4.6 * len(summaries) + 3, 4.3), squeeze=False)
+    for ax, s in zip(axes[0], summaries):
+        metric = "edit_similarity" if any("edit_similarity" in st["quality"] for st in s["settings"]) \
+            else s["quality_metric"]
+        for st in s["settings"]:
+            x, y = st["latency_ms"]["p50"], st["quality"].get(metric)
+            if x is not None and y is not None:
+                ax.scatter([x], [y], color=colour[st["setting"]], marker=markers.get(st["engine"], "D"), s=55,
+                           label=st["setting"], alpha=0.9)
+        ax.set_xscale("log")
+        ax.set_xlabel("p50 latency, end to end (ms, log)")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{s['suite']} ({max(st['n'] for st in s['settings'])} cases)")
+        ax.grid(alpha=0.3, which="both")
+    handles = {}
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    if handles:
+        axes[0][-1].legend(list(handles.values()), list(handles), fontsize=7, loc="center left",
+                           bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle("Decoding modes: quality vs latency", fontsize=11)
     return _save(fig, path)
