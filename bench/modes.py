@@ -7,7 +7,8 @@ Each directory is a `fim-bench run` with the same settings (e.g. `--setting ar -
 diffusion --setting 'diffusion unmask=eb eb_gamma=30' --setting speculative`); its summary.json
 is read as written (run `fim-bench report DIR` first to refresh it). Per suite and setting: the
 headline quality, edit similarity, p50 latency, p50 ratio to AR and to plain diffusion on the
-same cases, tokens per forward, and for speculative the share of AR forwards saved.
+same cases, tokens per forward, and for speculative the share of AR forwards saved and the
+mean draft tokens accepted per AR verification.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def _f(x, digits: int = 3) -> str:
 
 
 def table(summaries: list[dict]) -> str:
-    lines = ["| suite | setting | n | quality | edit sim. | p50 ms | x AR p50 | x diffusion p50 | tokens/fwd | AR fwd saved |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| suite | setting | n | quality | edit sim. | p50 ms | x AR p50 | x diffusion p50 | tokens/fwd "
+             "| AR fwd saved | accepted / verification |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in summaries:
         metric = s["quality_metric"]
         ratios = {r["setting"]: r for r in s["comparison"].get("ratios", [])}
@@ -53,7 +55,8 @@ def table(summaries: list[dict]) -> str:
                 f"| {s['suite']} | {st['setting']} | {st['n']} | {metric} {_f(quality)} | "
                 f"{_f(st['quality'].get('edit_similarity'))} | {_f(st['latency_ms']['p50'], 0)} | {vs_ar} | "
                 f"{vs_plain if st['engine'] != 'ar' else '-'} | {_f(st['tokens_per_forward'], 2)} | "
-                f"{_f(100 * saved, 0) + '%' if saved is not None else '-'} |")
+                f"{_f(100 * saved, 0) + '%' if saved is not None else '-'} | "
+                f"{_f(st['engine_stats'].get('acceptance_length_mean'), 2)} |")
     return "\n".join(lines) + "\n"
 
 

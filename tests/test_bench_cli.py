@@ -412,7 +412,7 @@ def test_modes_table_and_plot_across_suites(tmp_path, capsys):
         rows = []
         for i in range(2):
             spec = _row("speculative", "speculative", i, 200, True)
-            spec["stats"] = {"ar_forwards": 2}
+            spec["stats"] = {"ar_forwards": 2, "acceptance_length": 1.5}
             rows += [{**_row("ar", "ar", i, 100, True), "nfe": 4}, _row("diffusion", "diffusion", i, 1000, False), spec]
         for r in rows:
             r["edit_similarity"] = 0.5 if r["engine"] == "diffusion" else 0.25
@@ -424,8 +424,8 @@ def test_modes_table_and_plot_across_suites(tmp_path, capsys):
     assert modes_main([*dirs, "--plot", str(tmp_path / "modes.png")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 + 2 * 3
-    assert "| humaneval-single | speculative | 2 | pass@1 1.000 | 0.250 | 200 | 2.00 | 0.20 | 2.00 | 50% |" in lines
-    assert "| repo | diffusion | 2 | edit_similarity 0.500 | 0.500 | 1000 | 10.00 | 1 | 2.00 | - |" in lines
+    assert "| humaneval-single | speculative | 2 | pass@1 1.000 | 0.250 | 200 | 2.00 | 0.20 | 2.00 | 50% | 1.50 |" in lines
+    assert "| repo | diffusion | 2 | edit_similarity 0.500 | 0.500 | 1000 | 10.00 | 1 | 2.00 | - | - |" in lines
     assert (tmp_path / "modes.png").read_bytes().startswith(b"\x89PNG")
     assert modes_main([str(tmp_path / "nothing")]) == 2
     assert "fim-bench report" in capsys.readouterr().err
