@@ -102,7 +102,7 @@ class InfillMsg:
     id: str
     prefix: str
     suffix: str
-    doc_key: str | None = None          # identifies the document; cancel by doc_key
+    doc_key: str | None = None          # the document: a client's newer request for it supersedes the older
     options: dict[str, Any] = field(default_factory=dict)  # DecodeConfig overrides
     max_tokens: int | None = None
     single_line: bool | None = None
@@ -129,7 +129,7 @@ class ErrorMsg:
 @dataclass(frozen=True, kw_only=True)
 class CancelMsg:
     id: str | None = None               # cancel this request ...
-    doc_key: str | None = None          # ... or every request for this document
+    doc_key: str | None = None          # ... or every request of this client for this document
 
 
 @dataclass(frozen=True, kw_only=True)

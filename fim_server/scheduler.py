@@ -51,9 +51,11 @@ class Job:
         return deadline is not None and (now_ms() if at_ms is None else at_ms) >= deadline
 
     def matches(self, client: bytes, id: Optional[str], doc_key: Optional[str]) -> bool:
-        by_id = id is not None and self.client == client and self.msg.id == id
+        """A client's own request, by id or by document (two editors on one file share a
+        doc_key but not a client: neither cancels the other)."""
+        by_id = id is not None and self.msg.id == id
         by_doc = doc_key is not None and self.msg.doc_key == doc_key
-        return by_id or by_doc
+        return self.client == client and (by_id or by_doc)
 
 
 class Scheduler:
@@ -77,9 +79,9 @@ class Scheduler:
             self._cond.notify()
             return True
 
-    def supersede(self, doc_key: str) -> list[Job]:
-        """Latest wins: stop every job of this document; returns the queued ones, now removed."""
-        return self._stop(lambda j: j.msg.doc_key == doc_key, SUPERSEDED)
+    def supersede(self, client: bytes, doc_key: str) -> list[Job]:
+        """Latest wins: stop this client's jobs for this document; returns the queued ones, now removed."""
+        return self._stop(lambda j: j.matches(client, None, doc_key), SUPERSEDED)
 
     def cancel(self, client: bytes, id: Optional[str], doc_key: Optional[str]) -> list[Job]:
         """Explicit cancel (by this client's request id and/or a document); queued ones returned."""

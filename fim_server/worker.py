@@ -247,7 +247,7 @@ class Worker:
             return self._send(envelope, error_from(exc, msg.id))
         job = Job(envelope=envelope, msg=msg, config=config)
         if msg.doc_key is not None:
-            for old in self.scheduler.supersede(msg.doc_key):      # latest wins
+            for old in self.scheduler.supersede(envelope[0], msg.doc_key):      # latest wins, per client
                 self._cancelled(old)
         if job.expired():
             self.stats.count("deadline_dropped")

@@ -41,11 +41,14 @@ def test_supersede_cancel_and_should_stop():
     s.submit(job("run", doc_key="d"))
     batch, _ = s.next_batch(0.1)
     s.submit(job("queued", doc_key="d"))
-    removed = s.supersede("d")
+    s.submit(job("other-editor", doc_key="d", client=b"c2"))
+    removed = s.supersede(b"c1", "d")
     assert [j.msg.id for j in removed] == ["queued"] and removed[0].stop_reason == SUPERSEDED
     assert s.should_stop(batch)([0]) == {0} and batch[0].stop_reason == SUPERSEDED
+    assert s.cancel(b"c1", None, "d") == []          # another client's request for the same document
     s.submit(job("x", client=b"c2"))
     assert s.cancel(b"c1", "x", None) == []          # another client's id
+    assert [j.msg.id for j in s.cancel(b"c2", None, "d")] == ["other-editor"]
     assert s.cancel(b"c2", "x", None)[0].stop_reason == CANCELLED
 
 

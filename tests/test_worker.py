@@ -231,6 +231,19 @@ async def test_latest_wins_stops_the_running_request(worker, client, peer):
     assert not newer.cancelled
 
 
+async def test_two_editors_on_one_document_do_not_cancel_each_other(worker, client, peer):
+    other = WorkerClient(worker.address)       # a second editor's language server: another socket
+    medium = {"max_tokens": 160, "options": {**SLOW["options"], "block_size": 160}}
+    try:
+        first = asyncio.ensure_future(client.infill(PREFIX, "\n", doc_key="shared.py", deadline_s=60, **medium))
+        await asyncio.to_thread(peer.wait_for, lambda s: s["running"] == 1)
+        second = await other.infill(PREFIX + "a", "\n", doc_key="shared.py", deadline_s=60, **FAST)
+        older = await asyncio.wait_for(first, 60)
+        assert not older.cancelled and not second.cancelled     # the same client's newer request would supersede
+    finally:
+        other.close()
+
+
 def test_latest_wins_answers_a_queued_request_at_once(worker, peer):
     peer.send(infill("run", doc_key="busy-doc", **SLOW))
     peer.wait_for(lambda s: s["running"] == 1)
