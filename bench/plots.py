@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 HORIZONTAL = {"orientation": "horizontal"} if tuple(int(x) for x in matplotlib.__version__.split(".")[:2]) >= (3, 10) \
     else {"vert": False}
 COLORS = {"ar": "tab:gray", "diffusion": "tab:blue", "speculative": "tab:orange"}
+MARKERS = {"ar": "s", "diffusion": "o", "speculative": "^"}
 
 
 def _save(fig, path: Path) -> Path:
@@ -56,13 +57,12 @@ def latency(rows_by: dict[str, list[dict]], path: Path) -> Path:
 
 def quality_vs_tpf(settings: list[dict], metric: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    markers = {"ar": "s", "diffusion": "o", "speculative": "^"}
     for k, s in enumerate(settings):
         x, y = s.get("tokens_per_forward"), s["quality"].get(metric)
         if x is None or y is None:
             continue
         # a legend entry per setting: close points would make annotations unreadable
-        ax.scatter([x], [y], color=plt.cm.tab10(k % 10), marker=markers.get(s["engine"], "D"), s=45,
+        ax.scatter([x], [y], color=plt.cm.tab10(k % 10), marker=MARKERS.get(s["engine"], "D"), s=45,
                    label=s["setting"], alpha=0.85)
     if ax.collections:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -73,28 +73,44 @@ def quality_vs_tpf(settings: list[dict], metric: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _latency_panel(ax, settings: list[dict], metric: str, colour: dict, title: str) -> None:
+    """One point per setting: `metric` against p50 end-to-end latency (log)."""
+    for st in settings:
+        x, y = st["latency_ms"]["p50"], st["quality"].get(metric)
+        if x is not None and y is not None:
+            ax.scatter([x], [y], color=colour[st["setting"]], marker=MARKERS.get(st["engine"], "D"), s=50,
+                       label=st["setting"], alpha=0.85)
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency per completion, end to end (ms, log)")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+
+
+def _shared_legend(axes) -> None:
+    handles = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    if handles:
+        axes[-1].legend(list(handles.values()), list(handles), fontsize=7, loc="center left",
+                        bbox_to_anchor=(1.01, 0.5))
+
+
+def _colours(names: list[str]) -> dict:
+    return {n: plt.cm.tab10(k % 10) for k, n in enumerate(dict.fromkeys(names))}
+
+
 def quality_vs_latency(settings: list[dict], metric: str, path: Path) -> Path:
     """One panel per metric: the headline one and, when it is another, edit similarity (pass@1
     of weak models is mostly 0, edit similarity still separates the settings)."""
     metrics = [metric] + [m for m in ("edit_similarity",) if m != metric
                           and any(m in s["quality"] for s in settings)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics) + 2.5, 4.5), squeeze=False)
-    markers = {"ar": "s", "diffusion": "o", "speculative": "^"}
+    colour = _colours([s["setting"] for s in settings])
     for ax, m in zip(axes[0], metrics):
-        for k, s in enumerate(settings):
-            x, y = s["latency_ms"]["p50"], s["quality"].get(m)
-            if x is None or y is None:
-                continue
-            ax.scatter([x], [y], color=plt.cm.tab10(k % 10), marker=markers.get(s["engine"], "D"), s=50,
-                       label=s["setting"], alpha=0.85)
-        ax.set_xscale("log")
-        ax.set_xlabel("p50 latency per completion, end to end (ms, log)")
-        ax.set_ylabel(m)
-        ax.set_title(f"{m} vs latency")
-        ax.grid(alpha=0.3, which="both")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        axes[0][-1].legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        _latency_panel(ax, settings, m, colour, f"{m} vs latency")
+    _shared_legend(list(axes[0]))
     return _save(fig, path)
 
 
@@ -146,29 +162,13 @@ def tpf_by_kind(settings: list[dict], path: Path) -> Path:
 def modes(summaries: list[dict], path: Path) -> Path:
     """Edit similarity (or the headline metric where there is none) against p50 latency, one
     panel per suite; a setting keeps its colour and marker in every panel."""
-    names = list(dict.fromkeys(st["setting"] for s in summaries for st in s["settings"]))
-    colour = {n: plt.cm.tab10(k % 10) for k, n in enumerate(names)}
-    markers = {"ar": "s", "diffusion": "o", "speculative": "^"}
+    colour = _colours([st["setting"] for s in summaries for st in s["settings"]])
     fig, axes = plt.subplots(1, len(summaries), figsize=(4.6 * len(summaries) + 3, 4.3), squeeze=False)
     for ax, s in zip(axes[0], summaries):
         metric = "edit_similarity" if any("edit_similarity" in st["quality"] for st in s["settings"]) \
             else s["quality_metric"]
-        for st in s["settings"]:
-            x, y = st["latency_ms"]["p50"], st["quality"].get(metric)
-            if x is not None and y is not None:
-                ax.scatter([x], [y], color=colour[st["setting"]], marker=markers.get(st["engine"], "D"), s=55,
-                           label=st["setting"], alpha=0.9)
-        ax.set_xscale("log")
-        ax.set_xlabel("p50 latency, end to end (ms, log)")
-        ax.set_ylabel(metric)
-        ax.set_title(f"{s['suite']} ({max(st['n'] for st in s['settings'])} cases)")
-        ax.grid(alpha=0.3, which="both")
-    handles = {}
-    for ax in axes[0]:
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, h)
-    if handles:
-        axes[0][-1].legend(list(handles.values()), list(handles), fontsize=7, loc="center left",
-                           bbox_to_anchor=(1.01, 0.5))
+        _latency_panel(ax, s["settings"], metric, colour,
+                       f"{s['suite']} ({max(st['n'] for st in s['settings'])} cases)")
+    _shared_legend(list(axes[0]))
     fig.suptitle("Decoding modes: quality vs latency", fontsize=11)
     return _save(fig, path)
