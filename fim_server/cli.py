@@ -48,7 +48,7 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
             single_line=args.single_line, max_tokens=args.max_tokens, unmask=args.unmask,
             factor=args.factor, length=args.length, temperature=args.temperature, seed=args.seed,
             initial_length=args.initial_length, eb_gamma=args.eb_gamma, early_commit=args.early_commit,
-            draft_length=args.draft_length, draft_steps=args.draft_steps,
+            draft_length=args.draft_length, draft_steps=args.draft_steps, kv_shift=args.kv_shift,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -216,6 +216,8 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when present)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: by device)")
     p.add_argument("--cache", choices=CACHE_MODES, default=d.cache)
+    p.add_argument("--kv-shift", action=argparse.BooleanOptionalAction, default=d.kv_shift,
+                   help="dual cache: move the cached keys behind an expand/delete instead of a full refresh")
     p.add_argument("--unmask", choices=UNMASK_RULES, default=d.unmask)
     p.add_argument("--threshold", type=float, default=d.threshold)
     p.add_argument("--factor", type=float, default=d.factor)

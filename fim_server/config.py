@@ -25,6 +25,8 @@ class DecodeConfig:
     block_size: int = 32           # semi-autoregressive block length (canvas positions)
     cache: str = "dual"            # none | prefix | dual
     refresh_every: int = 0         # recompute the cache every N steps inside a block; 0 = at block start only
+    kv_shift: bool = False         # dual: after an expand/delete in the block, re-rotate the cached keys behind it
+                                   # to their new positions instead of a full refresh (RoPE models)
     unmask: str = "threshold"      # threshold | factor | eb
     threshold: float = 0.9         # tau: commit every masked position with confidence >= tau
     factor: float = 1.0            # f: commit the largest n with c_(n) >= 1 - f / (n + 1)

@@ -8,6 +8,7 @@ import torch
 
 from fim_server.config import DecodeConfig
 from fim_server.engine.canvas import Canvas
+from fim_server.engine.kv import RowKV
 from fim_server.engine.diffusion import DiffusionEngine
 from fim_server.engine.types import InfillRequest
 from fim_server.models import load_model
@@ -120,10 +121,12 @@ def test_canvas_edits(random_dlm_dir):
     assert (c.block_start, c.block_end) == (0, 4)
     c.commit([0, 2], [ids.expand, 77], "dual")            # slot 0 -> two masks, slot 2 (now 3) = 77
     assert c.canvas == [ids.mask, ids.mask, ids.mask, 77, ids.mask, ids.mask, ids.mask]
-    assert c.block_end == 5 and c.stale
+    assert c.block_end == 5 and c.moved and c.shift == 1 and not c.stale   # the suffix moved by one
+    c.kv = RowKV([])                                             # as after a refresh
+    assert c.needs_refresh(0) and not c.needs_refresh(0, kv_shift=True)
     c.commit([1], [ids.delete], "prefix")
     assert c.canvas == [ids.mask, ids.mask, 77, ids.mask, ids.mask, ids.mask]
-    assert c.block_end == 4
+    assert c.block_end == 4 and c.shift == 1                     # prefix mode caches nothing behind the block
     fixed = _canvas(ids, 6, expand=False)
     fixed.commit([0, 1, 3], [10, ids.delete, 11], "dual")  # fixed: delete is the end token, kept in place
     assert fixed.end_index() == 1 and fixed.middle_ids() == [10]
@@ -138,6 +141,7 @@ def test_end_guard_stops_a_tail_collapse(scripted):
     c.commit([0, 1], [10, 11], "dual")
     c.commit([2], [engine.ids.delete], "dual")            # first undecided slot: the middle ends there
     assert c.canvas == [10, 11] and c.first_mask() == 2
+    assert c.stale and c.shift == -4                      # cached slots behind the block were cut away
 
 
 def load_model_ids(engine):

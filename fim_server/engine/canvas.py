@@ -28,7 +28,9 @@ class Canvas:
     block_end: int = 0
     steps_in_block: int = 0
     kv: Optional[RowKV] = None     # cache captured at the last refresh (None: refresh next step)
-    stale: bool = False            # cached positions moved (expand/delete) since the refresh
+    stale: bool = False            # cached slots were cut away (trailing delete) since the refresh
+    moved: bool = False            # dual: an expand/delete moved the positions behind the block since the refresh
+    shift: int = 0                 # dual: ... by this many positions in all
     key: str = ""                  # document key: its lead KV is stored for the next request
     past: Optional[RowKV] = None   # KV of lead[:reused] from the document's previous request
     lead_kv: Optional[RowKV] = None  # KV of the lead's first positions at the last refresh (kept past finish)
@@ -63,9 +65,11 @@ class Canvas:
         n = len(self.lead) + len(self.canvas) + len(self.suffix)
         return list(range(0, qs)) + list(range(qe, n))
 
-    def needs_refresh(self, refresh_every: int) -> bool:
+    def needs_refresh(self, refresh_every: int, kv_shift: bool = False) -> bool:
+        """A full forward is due: no cache yet, cached slots gone, positions moved (unless the
+        cached keys can be moved with them), or the periodic refresh."""
         periodic = refresh_every > 0 and self.steps_in_block % refresh_every == 0
-        return self.kv is None or self.stale or periodic
+        return self.kv is None or self.stale or (self.moved and not kv_shift) or periodic
 
     # ---- state ---------------------------------------------------------------------
 
@@ -89,20 +93,25 @@ class Canvas:
         for i in positions_desc:
             j = self.block_start + i
             tok = self.canvas[j]
+            before = len(self.canvas)
             if tok == self.ids.expand and self.ids.expand is not None:
                 self.canvas[j:j + 1] = [self.ids.mask, self.ids.mask]
                 self.block_end += 1
             elif tok == self.ids.delete and self.ids.delete is not None:
                 if self.end_guard and self.ids.mask not in self.canvas[:j]:
+                    behind = len(self.canvas) > self.block_end
                     del self.canvas[j:]    # trailing deletes: the middle ends here
                     self.block_end = min(self.block_end, j)
+                    # canvas slots behind the block were cached (dual): they are gone now
+                    self.stale = self.stale or (behind and mode == "dual")
                 else:
                     del self.canvas[j]
                     self.block_end -= 1
             else:
                 continue
-            if mode == "dual":
-                self.stale = True          # the suffix moved: its cached KV has the wrong positions
+            if mode == "dual":             # the suffix behind the block moved: its cached keys are off
+                self.moved = True
+                self.shift += len(self.canvas) - before
 
     def end_allowed(self) -> list[bool]:
         """Per active-block slot: may an end/delete token be proposed there? With the guard, only
@@ -138,7 +147,8 @@ class Canvas:
         self.block_end = min(self.block_start + self.block_size, len(self.canvas))
         self.steps_in_block = 0
         self.kv = None
-        self.stale = False
+        self.stale = self.moved = False
+        self.shift = 0
 
     def finish(self, reason: str) -> None:
         self.done = True

@@ -22,7 +22,7 @@ from ..config import DecodeConfig
 from ..models.loader import LoadedModel
 from ..postprocess import line_complete, postprocess
 from .canvas import Canvas
-from .kv import RowKV, assemble
+from .kv import RowKV, assemble, rope_inv_freq, shift_keys
 from .layout import fit_context
 from .prefix_store import PrefixStore
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
@@ -48,6 +48,7 @@ class DiffusionEngine:
         self.kv_store = kv_store if kv_store is not None else PrefixStore()
         # project only the active window onto the vocabulary (a full forward has ~7x more positions)
         self.takes_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self.rope_inv_freq = rope_inv_freq(self.model)      # None: kv_shift falls back to refreshes
 
     # ---------------------------------------------------------------- public
 
@@ -192,7 +193,8 @@ class DiffusionEngine:
 
     def _predict(self, rows: list[Canvas], config: DecodeConfig) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits for each row's active block, right-padded: [B, Lmax, V] and validity [B, Lmax]."""
-        full = [r for r in rows if config.cache == "none" or r.needs_refresh(config.refresh_every)]
+        shift = config.kv_shift and self.rope_inv_freq is not None
+        full = [r for r in rows if config.cache == "none" or r.needs_refresh(config.refresh_every, shift)]
         cached = [r for r in rows if r not in full]
         per_row: dict[int, torch.Tensor] = {}
         if full:
@@ -258,10 +260,16 @@ class DiffusionEngine:
                 row.kv = RowKV.capture(past, b, slots)
                 if row.key:
                     row.lead_kv = row.kv.head(min(row.query_range(mode, self.shifted)[0], len(row.lead)))
-                row.stale = False
+                row.stale = row.moved = False
+                row.shift = 0
         return result
 
     def _cached_forward(self, rows: list[Canvas], mode: str) -> dict[int, torch.Tensor]:
+        for row in rows:                        # only kv_shift rows get here with moved positions
+            if row.shift:
+                ws, _ = row.window(self.shifted)        # cached slots [ws:] lie behind the block
+                row.kv = shift_keys(row.kv, ws, row.shift, self.rope_inv_freq)
+            row.moved, row.shift = False, 0
         cache, key_valid = assemble([r.kv for r in rows], self.model.config)
         ids, positions, windows = [], [], []
         for row in rows:

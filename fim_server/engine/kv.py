@@ -9,6 +9,7 @@ Keys are stored after RoPE (as transformers caches them), so only the queries ne
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from transformers import DynamicCache
@@ -67,3 +68,28 @@ def assemble(rows: list[RowKV], config, left_pad: bool = False) -> tuple[Dynamic
         else:
             valid[b, :r.length] = True
     return DynamicCache(ddp_cache_data=data, config=config), valid
+
+
+def rope_inv_freq(model) -> Optional[torch.Tensor]:
+    """The rotary frequencies ([D/2]) when the model applies plain RoPE (angle = position x
+    frequency, so rotations compose); None for other position schemes (dynamic scaling, ...)."""
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    rope_type = getattr(rotary, "rope_type", None)
+    if rotary is None or rope_type not in ("default", "linear") or getattr(rotary, "attention_scaling", 1.0) != 1.0:
+        return None
+    return rotary.inv_freq.detach()
+
+
+def shift_keys(kv: RowKV, start: int, delta: int, inv_freq: torch.Tensor) -> RowKV:
+    """Keys of slots [start:] moved by `delta` positions: RoPE stores R(p) k, and
+    R(p + d) k = R(d) R(p) k, so each is rotated by d x frequency (rotate-half layout)."""
+    angle = delta * inv_freq.to(torch.float64)                              # [D/2]
+    cos, sin = torch.cat([angle.cos(), angle.cos()]), torch.cat([angle.sin(), angle.sin()])   # [D]
+    layers = []
+    for k, v in kv.layers:                                                  # [H, K, D]
+        behind = k[:, start:].to(torch.float64)
+        half = behind.shape[-1] // 2
+        rotated = torch.cat([-behind[..., half:], behind[..., :half]], dim=-1)
+        moved = (behind * cos.to(k.device) + rotated * sin.to(k.device)).to(k.dtype)
+        layers.append((torch.cat([k[:, :start], moved], dim=1), v))
+    return RowKV(layers)
