@@ -146,10 +146,11 @@ def test_huge_prefix_is_truncated_to_the_budget(engine):
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_expand_edit_keeps_cached_logits_exact(engine, mode):
-    """After an expand changes the canvas length, dual refreshes (the suffix moved) and sees the
-    exact state; prefix keeps its cache (nothing before the block moved), stale only in the way
-    every commit makes it stale (deeper prefix layers attend to the block), like Fast-dLLM."""
-    cfg = DecodeConfig(cache=mode, max_tokens=16, initial_length=6, block_size=8, length="expand")
+    """After an expand changes the canvas length, dual without kv_shift refreshes (the suffix moved)
+    and sees the exact state; prefix keeps its cache (nothing before the block moved), stale only in
+    the way every commit makes it stale (deeper prefix layers attend to the block), like Fast-dLLM.
+    (With kv_shift, dual moves its cached keys instead: tests/test_kv_shift.py.)"""
+    cfg = DecodeConfig(cache=mode, max_tokens=16, initial_length=6, block_size=8, length="expand", kv_shift=False)
     row = engine._start(REQUESTS[0], cfg)[0]
     engine._predict([row], cfg)
     row.commit([1], [engine.ids.expand], mode)

@@ -92,7 +92,7 @@ def run(engine: DiffusionEngine, config: DecodeConfig) -> tuple[list[str], int]:
 
 
 def test_dual_cache_moves_keys_instead_of_refreshing(bundled):
-    config = DecodeConfig(max_tokens=48, block_size=16, length="expand")
+    config = DecodeConfig(max_tokens=48, block_size=16, length="expand", kv_shift=False)
     plain, refreshes = run(bundled, config)
     shifted, fewer = run(bundled, config.replace(kv_shift=True))
     assert refreshes > 6, "the twin must expand for this test to mean anything"
@@ -100,9 +100,9 @@ def test_dual_cache_moves_keys_instead_of_refreshing(bundled):
     assert all(shifted) and all(plain)
 
 
-def test_off_by_default_and_where_it_cannot_apply(bundled):
-    config = DecodeConfig(max_tokens=32, block_size=16, length="expand")
-    assert DecodeConfig().kv_shift is False
+def test_on_by_default_and_off_where_it_cannot_apply(bundled):
+    config = DecodeConfig(max_tokens=32, block_size=16, length="expand", kv_shift=False)
+    assert DecodeConfig().kv_shift is True
     plain = run(bundled, config)
     # no cached suffix to move in prefix mode: the same answers
     assert run(bundled, config.replace(cache="prefix", kv_shift=True)) == run(bundled, config.replace(cache="prefix"))
