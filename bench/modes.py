@@ -60,6 +60,27 @@ def table(summaries: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+LEGEND_KEYS = ("block_size", "cache", "kv_shift", "unmask", "threshold")
+
+
+def legend(summaries: list[dict]) -> str:
+    """What the plain `diffusion` setting meant in each run: the engine defaults change over time
+    (block 32 -> 8, kv_shift), so a ratio "x diffusion" is only readable with them."""
+    lines = []
+    for s in summaries:
+        plain = s["comparison"].get("plain_diffusion")
+        config = next((c["config"] for c in s.get("setting_configs", []) if c["setting"] == plain), None)
+        if config is None:
+            continue
+        # kv_shift is absent from runs made before the option existed: those ran without it
+        parts = [f"{k} {'off' if config.get(k) in (None, False) else 'on' if config.get(k) is True else config[k]}"
+                 for k in LEGEND_KEYS]
+        lines.append(f"- {s['suite']}: `{plain}` = {', '.join(parts)}")
+    if not lines:
+        return ""
+    return "\nThe plain setting in each run (the engine defaults when it was made):\n\n" + "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.modes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, json.JSONDecodeError) as exc:
         print(f"bench.modes: {exc}", file=sys.stderr)
         return 2
-    print(table(summaries), end="")
+    print(table(summaries) + legend(summaries), end="")
     if args.plot:
         plots.modes(summaries, Path(args.plot))
     return 0

@@ -416,16 +416,21 @@ def test_modes_table_and_plot_across_suites(tmp_path, capsys):
             rows += [{**_row("ar", "ar", i, 100, True), "nfe": 4}, _row("diffusion", "diffusion", i, 1000, False), spec]
         for r in rows:
             r["edit_similarity"] = 0.5 if r["engine"] == "diffusion" else 0.25
-        header = {"type": "run", "suite": suite, "quality": metric, "settings": []}
+        header = {"type": "run", "suite": suite, "quality": metric, "settings": [
+            {"setting": "diffusion", "engine": "diffusion", "options": {},
+             "config": {"block_size": 32, "cache": "dual", "unmask": "threshold", "threshold": 0.9}}]}
         d = tmp_path / suite
         d.mkdir()
         (d / "summary.json").write_text(json.dumps(summarize([header, *rows])))
         dirs.append(str(d))
     assert modes_main([*dirs, "--plot", str(tmp_path / "modes.png")]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out
+    lines = out.split("\n\n")[0].splitlines()
     assert len(lines) == 2 + 2 * 3
     assert "| humaneval-single | speculative | 2 | pass@1 1.000 | 0.250 | 200 | 2.00 | 0.20 | 2.00 | 50% | 1.50 |" in lines
     assert "| repo | diffusion | 2 | edit_similarity 0.500 | 0.500 | 1000 | 10.00 | 1 | 2.00 | - | - |" in lines
+    # the plain setting's meaning is spelled out; a run without kv_shift in its config ran without it
+    assert "- repo: `diffusion` = block_size 32, cache dual, kv_shift off, unmask threshold, threshold 0.9" in out
     assert (tmp_path / "modes.png").read_bytes().startswith(b"\x89PNG")
     assert modes_main([str(tmp_path / "nothing")]) == 2
     assert "fim-bench report" in capsys.readouterr().err
