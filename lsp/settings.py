@@ -4,7 +4,8 @@
 The settings object a client sends (names are stable; editor clients rely on them):
 
     {
-      "worker": {"address": "tcp://127.0.0.1:5555", "timeoutMs": 5000, "model": null, "threads": 0},
+      "worker": {"address": "tcp://127.0.0.1:5555", "timeoutMs": 5000, "model": null, "arModel": null,
+                 "threads": 0},
       "spawnWorker": true,
       "debounceMs": 50,
       "adaptiveDebounce": true,
@@ -39,6 +40,8 @@ class Settings:
     worker_address: str = DEFAULT_ADDRESS   # worker.address: tcp://HOST:PORT or ipc://PATH
     worker_timeout_ms: int = 5000           # worker.timeoutMs: deadline of one completion request
     worker_model: str | None = None         # worker.model: checkpoint for a spawned worker (None: bundled)
+    worker_ar_model: str | None = None      # worker.arModel: its AR verifier when engine.engine is
+                                            # "speculative" (None: the bundled AR twin)
     worker_threads: int = 0                 # worker.threads: torch threads of a spawned worker (0: torch's default)
     spawn_worker: bool = True               # spawnWorker: start a worker when none answers (local addresses only)
     debounce_ms: int = 50                   # debounceMs: wait this long for the next keystroke before asking
@@ -65,7 +68,8 @@ class Settings:
         """The settings under their client-side names (for fim/stats and logs)."""
         return {
             "worker": {"address": self.worker_address, "timeoutMs": self.worker_timeout_ms,
-                       "model": self.worker_model, "threads": self.worker_threads},
+                       "model": self.worker_model, "arModel": self.worker_ar_model,
+                       "threads": self.worker_threads},
             "spawnWorker": self.spawn_worker, "debounceMs": self.debounce_ms,
             "adaptiveDebounce": self.adaptive_debounce, "maxLines": self.max_lines,
             "engine": dict(self.engine), "enabled": dict(self.enabled),
@@ -150,6 +154,7 @@ _FIELDS = {
     ("worker", "address"): ("worker_address", _address),
     ("worker", "timeoutMs"): ("worker_timeout_ms", _int_in(100, 600_000)),
     ("worker", "model"): ("worker_model", _optional_path),
+    ("worker", "arModel"): ("worker_ar_model", _optional_path),
     ("worker", "threads"): ("worker_threads", _int_in(0, 256)),
     ("spawnWorker",): ("spawn_worker", _boolean),
     ("debounceMs",): ("debounce_ms", _int_in(0, 5000)),

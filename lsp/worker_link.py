@@ -203,6 +203,8 @@ class WorkerLink:
                "--engine", s.engine_kind]
         if s.worker_model:
             cmd += ["--model", s.worker_model]
+        if s.worker_ar_model and s.engine_kind == "speculative":
+            cmd += ["--ar-model", s.worker_ar_model]
         if s.worker_threads:
             cmd += ["--threads", str(s.worker_threads)]
         return cmd

@@ -12,7 +12,7 @@ from lsp.cursor import cursor_context, is_single_line
 from lsp.scheduler import Debouncer, LatestWins, Superseded
 from lsp.settings import Settings, parse_settings
 from lsp.telemetry import Telemetry
-from lsp.worker_link import is_local
+from lsp.worker_link import WorkerLink, is_local
 
 # ---------------------------------------------------------------- cursor context
 
@@ -175,6 +175,21 @@ def test_invalid_settings_are_reported_and_defaults_used():
         assert name in text
     assert parse_settings([1, 2])[0] == defaults and parse_settings([1, 2])[1]
     assert parse_settings(None) == (defaults, [])
+
+
+def test_spawned_worker_runs_the_chosen_engine_and_verifier():
+    raw = {"engine": {"engine": "speculative", "draft_length": 6},
+           "worker": {"model": "/m/dlm", "arModel": "/m/ar", "threads": 2}}
+    settings, problems = parse_settings(raw)
+    assert problems == [] and settings.engine_kind == "speculative"
+    cmd = WorkerLink(settings, print, print)._command()
+    assert cmd[cmd.index("--engine") + 1] == "speculative"
+    assert cmd[cmd.index("--model") + 1] == "/m/dlm" and cmd[cmd.index("--ar-model") + 1] == "/m/ar"
+    assert settings.to_wire()["worker"]["arModel"] == "/m/ar"
+    # the verifier only matters to the speculative engine; a plain diffusion worker is not given one
+    plain = WorkerLink(parse_settings({"worker": {"arModel": "/m/ar"}})[0], print, print)._command()
+    assert plain[plain.index("--engine") + 1] == "diffusion" and "--ar-model" not in plain
+    assert "worker.arModel" in parse_settings({"worker": {"arModel": 3}})[1][0]
 
 
 def test_local_addresses_only_are_spawnable():

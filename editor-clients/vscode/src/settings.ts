@@ -8,7 +8,7 @@ export type ConfigGet = (key: string) => unknown;
 // (names from lsp/settings.py). Only keys the user set a value for are sent, so the server's
 // own defaults stay in one place.
 export interface ServerSettings {
-  worker?: { address?: string; timeoutMs?: number; model?: string | null; threads?: number };
+  worker?: { address?: string; timeoutMs?: number; model?: string | null; arModel?: string | null; threads?: number };
   spawnWorker?: boolean;
   debounceMs?: number;
   maxLines?: number;
@@ -16,7 +16,7 @@ export interface ServerSettings {
   enabled?: Record<string, boolean>;
 }
 
-const WORKER_KEYS = ["address", "timeoutMs", "model", "threads"] as const;
+const WORKER_KEYS = ["address", "timeoutMs", "model", "arModel", "threads"] as const;
 const TOP_KEYS = ["spawnWorker", "debounceMs", "maxLines", "engine", "enabled"] as const;
 
 export function serverSettings(get: ConfigGet): ServerSettings {

@@ -14,19 +14,20 @@ describe("serverSettings", () => {
       getter({
         "worker.address": "tcp://127.0.0.1:7001",
         "worker.threads": 1,
+        "worker.arModel": "/models/ar",
         spawnWorker: false,
         debounceMs: 20,
         maxLines: 3,
-        engine: { max_tokens: 16 },
+        engine: { max_tokens: 16, engine: "speculative" },
         enabled: { "*": true, markdown: false },
       }),
     );
     assert.deepEqual(settings, {
-      worker: { address: "tcp://127.0.0.1:7001", threads: 1 },
+      worker: { address: "tcp://127.0.0.1:7001", threads: 1, arModel: "/models/ar" },
       spawnWorker: false,
       debounceMs: 20,
       maxLines: 3,
-      engine: { max_tokens: 16 },
+      engine: { max_tokens: 16, engine: "speculative" },
       enabled: { "*": true, markdown: false },
     });
   });
