@@ -1,5 +1,6 @@
 """Engine benchmark (not a test): NFE, tokens per forward and latency for the diffusion engine
-with cache none / prefix / dual and for the AR baseline, on the same inputs, in one run.
+with cache none / prefix / dual (with and without kv_shift) and for the AR baseline, on the same
+inputs, in one run, at the engine's default block size.
 
     python -m bench.engine_bench [--n 24] [--model DIR] [--ar-model DIR] [--out bench/results/engine.json]
 
@@ -71,19 +72,22 @@ def main() -> None:
     ar = load_engine("ar", args.ar_model, device=args.device)
     dlm.warmup(), ar.warmup()
     base = DecodeConfig(max_tokens=args.max_tokens, threshold=args.threshold)
-    results = [run_setting(dlm, cases, base.replace(cache=mode), f"diffusion/{mode}")
-               for mode in ("none", "prefix", "dual")]
+    settings = {"diffusion/none": base.replace(cache="none"), "diffusion/prefix": base.replace(cache="prefix"),
+                "diffusion/dual": base.replace(cache="dual", kv_shift=False),
+                "diffusion/dual+shift": base.replace(cache="dual", kv_shift=True)}
+    results = [run_setting(dlm, cases, config, name) for name, config in settings.items()]
     results.append(run_setting(ar, cases, base.replace(engine="ar"), "ar"))
     machine = describe(str(dlm.lm.device))
     report = {"machine": machine, "models": {"diffusion": dlm.lm.source, "ar": ar.lm.source},
               "config": base.to_dict(), "n_cases": len(cases), "results": results}
     print(f"\nmachine: {one_line(machine)}   cases: {len(cases)} held-out stdlib middles\n")
-    print(f"{'setting':<18}{'NFE':>7}{'tok/fwd':>9}{'p50 ms':>9}{'p95 ms':>9}{'EM':>7}{'ES':>7}")
+    print(f"{'setting':<22}{'NFE':>7}{'tok/fwd':>9}{'p50 ms':>9}{'p95 ms':>9}{'EM':>7}{'ES':>7}")
     for r in results:
-        print(f"{r['setting']:<18}{r['nfe_mean']:>7.1f}{r['tokens_per_forward']:>9.2f}"
+        print(f"{r['setting']:<22}{r['nfe_mean']:>7.1f}{r['tokens_per_forward']:>9.2f}"
               f"{r['latency_p50_ms']:>9.1f}{r['latency_p95_ms']:>9.1f}{r['exact_match']:>7.2f}{r['edit_similarity']:>7.2f}")
     ar_p50 = results[-1]["latency_p50_ms"]
-    print(f"\nlatency ratio diffusion/dual : AR (p50) = {results[2]['latency_p50_ms'] / ar_p50:.2f}")
+    for r in results[:-1]:
+        print(f"latency ratio {r['setting']} : AR (p50) = {r['latency_p50_ms'] / ar_p50:.2f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"written to {args.out}")
