@@ -52,7 +52,16 @@ def _show(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _parse_value(option: str, text: str) -> Any:
+def _option(raw: str, flag: str) -> str:
+    """A decoding option's field name ("kv-shift" -> "kv_shift"), or ValueError naming the flag."""
+    option = raw.strip().replace("-", "_")
+    if option not in _FIELDS or option in NOT_SWEPT:
+        known = ", ".join(sorted(set(_FIELDS) - NOT_SWEPT))
+        raise ValueError(f"{flag} {option}: not a decoding option; known: {known}")
+    return option
+
+
+def _parse_value(option: str, text: str, flag: str) -> Any:
     kind = type(getattr(DecodeConfig(), option))
     text = text.strip()
     if kind is bool:
@@ -60,27 +69,24 @@ def _parse_value(option: str, text: str) -> Any:
             return True
         if text.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"--sweep {option}: {text!r} is not true/false")
+        raise ValueError(f"{flag} {option}: {text!r} is not true/false")
     try:
         return kind(text)
     except ValueError:
-        raise ValueError(f"--sweep {option}: {text!r} is not a {kind.__name__}") from None
+        raise ValueError(f"{flag} {option}: {text!r} is not a {kind.__name__}") from None
 
 
 def parse_sweep(specs: list[str]) -> dict[str, list[Any]]:
     """["threshold=0.5,0.9", "cache=none,dual"] -> {"threshold": [0.5, 0.9], "cache": ["none", "dual"]}"""
     sweep: dict[str, list[Any]] = {}
     for spec in specs:
-        option, sep, values = spec.partition("=")
-        option = option.strip().replace("-", "_")
+        raw, sep, values = spec.partition("=")
         if not sep or not values.strip():
             raise ValueError(f"--sweep {spec!r}: write OPTION=VALUE,VALUE,...")
-        if option not in _FIELDS or option in NOT_SWEPT:
-            known = ", ".join(sorted(set(_FIELDS) - NOT_SWEPT))
-            raise ValueError(f"--sweep {option}: not a decoding option; known: {known}")
+        option = _option(raw, "--sweep")
         if option in sweep:
             raise ValueError(f"--sweep {option} given twice")
-        sweep[option] = [_parse_value(option, v) for v in values.split(",") if v.strip()]
+        sweep[option] = [_parse_value(option, v, "--sweep") for v in values.split(",") if v.strip()]
     return sweep
 
 
@@ -106,16 +112,15 @@ def parse_setting(spec: str, base: dict[str, Any]) -> Setting:
     if engine not in ENGINES:
         raise ValueError(f"--setting {spec!r}: starts with an engine; known: {', '.join(ENGINES)}")
     options = []
+    flag = f"--setting {spec!r}:"
     for pair in pairs:
-        option, sep, text = pair.partition("=")
-        option = option.replace("-", "_")
+        raw, sep, text = pair.partition("=")
         if not sep or not text:
-            raise ValueError(f"--setting {spec!r}: write ENGINE OPTION=VALUE ...")
-        if option not in _FIELDS or option in NOT_SWEPT:
-            raise ValueError(f"--setting {spec!r}: {option} is not a decoding option")
+            raise ValueError(f"{flag} write ENGINE OPTION=VALUE ...")
+        option = _option(raw, flag)
         if not applies(option, engine):
-            raise ValueError(f"--setting {spec!r}: {option} does not apply to the {engine} engine")
-        options.append((option, _parse_value(option, text)))
+            raise ValueError(f"{flag} {option} does not apply to the {engine} engine")
+        options.append((option, _parse_value(option, text, flag)))
     setting = Setting(engine, tuple(options))
     DecodeConfig(engine=engine).replace(**setting.request_options(base))   # raises ValueError
     return setting

@@ -7,7 +7,7 @@ canvas = the middle being decoded: committed ids and mask ids; under the expand/
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from ..models.family import TokenIds

@@ -5,6 +5,7 @@ and _result; the timing split (encode = set-up per request, decode = the shared 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from typing import Any, Optional
 
 import torch
@@ -15,7 +16,7 @@ from .types import InfillRequest, InfillResult, ShouldStop
 WARMUP_REQUEST = InfillRequest("def f(x):\n    return ", "\n")
 
 
-class RowEngine:
+class RowEngine(ABC):
     kind = ""
 
     def warmup(self) -> float:
@@ -37,12 +38,15 @@ class RowEngine:
         encode_ms = (t1 - t0) * 1000 / len(rows)
         return [self._result(row, req, config, encode_ms, decode_ms, t0) for row, req in zip(rows, requests)]
 
+    @abstractmethod
     def _start(self, req: InfillRequest, config: DecodeConfig) -> Any:
-        raise NotImplementedError
+        """The request's row: prompt laid out, caches looked up."""
 
+    @abstractmethod
     def _generate(self, rows: list, config: DecodeConfig, should_stop: Optional[ShouldStop]) -> None:
-        raise NotImplementedError
+        """Decode every row together until each is done (or should_stop says so)."""
 
+    @abstractmethod
     def _result(self, row: Any, req: InfillRequest, config: DecodeConfig, encode_ms: float,
                 decode_ms: float, t0: float) -> InfillResult:
-        raise NotImplementedError
+        """The row's text (post-processed) and stats."""

@@ -22,7 +22,6 @@ otherwise, so it never holds a rejected token.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -231,7 +230,6 @@ class SpeculativeEngine(RowEngine):
     # ---------------------------------------------------------------- the loop
 
     def _generate(self, rows: list[_Row], config: DecodeConfig, should_stop: Optional[ShouldStop]) -> None:
-        sampling = config.temperature > 0
         d_gen = torch.Generator(device=self.draft_lm.device).manual_seed(config.seed)
         v_gen = torch.Generator(device=self.lm.device).manual_seed(config.seed + 1)
         AREngine._poll(rows, should_stop)
