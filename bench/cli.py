@@ -31,8 +31,8 @@ class UsageError(Exception):
 def _connect_map(specs: list[str]) -> dict[str, str]:
     """["diffusion=ipc:///a", "tcp://127.0.0.1:5555"] -> engine -> address; a bare address is
     asked which engine it runs."""
-    from fim_server.client import RequestFailed, SyncWorkerClient, WorkerUnavailable
-    from fim_server.config import ENGINES
+    from fim_server.wire.client import RequestFailed, SyncWorkerClient, WorkerUnavailable
+    from fim_server.wire.options import ENGINES
 
     found: dict[str, str] = {}
     for spec in specs:

@@ -20,8 +20,8 @@ from tqdm import tqdm
 from bench.machine import describe, one_line
 from bench.metrics import edit_similarity, exact_match
 from bench.repo_cases import SourceFile, sample_cases
-from fim_server.config import DecodeConfig
-from fim_server.data import collect_sources
+from fim_server.wire.options import DecodeConfig
+from fim_server.train.data import collect_sources
 from fim_server.engine import InfillRequest, load_engine
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from bench.engine_bench import held_out_cases, percentile
 from bench.machine import describe, one_line
 from bench.spawn import worker
-from fim_server.client import WorkerClient
+from fim_server.wire.client import WorkerClient
 
 
 async def timed(client: WorkerClient, prefix: str, suffix: str, doc: str):

@@ -35,8 +35,8 @@ from bench.cases import FimCase
 from bench.scoring import score_many
 from bench.settings import Setting
 from bench.suites import SUITES
-from fim_server.client import RequestFailed, WorkerClient, WorkerUnavailable
-from fim_server.config import DecodeConfig
+from fim_server.wire.client import RequestFailed, WorkerClient, WorkerUnavailable
+from fim_server.wire.options import DecodeConfig
 
 log = logging.getLogger(__name__)
 

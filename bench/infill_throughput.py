@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from bench.engine_bench import held_out_cases
-from fim_server.config import DecodeConfig
+from fim_server.wire.options import DecodeConfig
 from fim_server.engine import load_engine
-from fim_server.infill import InfillOptions, LocalRunner, fingerprint, infill
-from fim_server.machine import describe, one_line
+from fim_server.batch import InfillOptions, LocalRunner, fingerprint, infill
+from fim_server.measure import describe, one_line
 
 NOTE = ("The 2 cores were shared with other jobs while this was measured (the project's training runs "
         "and other helpers' tests and benchmarks; load averages at start and end are recorded): absolute "

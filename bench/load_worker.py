@@ -24,7 +24,7 @@ from collections import Counter
 import zmq
 import zmq.asyncio
 
-from fim_server.protocol import (
+from fim_server.wire.protocol import (
     ErrorMsg, HealthMsg, InfillMsg, ProtocolError, StatsMsg, decode, encode,
 )
 

@@ -27,9 +27,7 @@ import argparse
 import asyncio
 import json
 import os
-import select
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,9 +40,9 @@ from rich.table import Table
 from tqdm import tqdm
 
 from bench.engine_bench import held_out_cases
-from fim_server.client import WorkerClient
-from fim_server.machine import describe, one_line
-from fim_server.worker_stats import percentile
+from fim_server.wire.client import WorkerClient
+from fim_server.wire.spawn import SpawnedWorker
+from fim_server.measure import describe, one_line, percentile
 from lsp.cursor import cursor_context
 from lsp.service import SINGLE_LINE_TOKENS
 
@@ -55,21 +53,8 @@ READY_S = 180
 # ---------------------------------------------------------------- processes
 
 
-def start_worker(address: str, threads: int, log_path: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "fim_server.cli", "serve", "--bind", address, "--threads", str(threads)]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    end = time.monotonic() + READY_S
-    while time.monotonic() < end:
-        if select.select([proc.stdout], [], [], 0.2)[0]:
-            line = proc.stdout.readline()
-            if line.startswith("ready "):
-                return proc
-            if not line:
-                break
-    proc.kill()
-    raise RuntimeError(f"the worker did not get ready:\n{log_path.read_text()[-2000:]}")
+def start_worker(address: str, threads: int, log_path: Path) -> SpawnedWorker:
+    return SpawnedWorker(address, log_path, threads=threads, timeout=READY_S)
 
 
 async def start_lsp(address: str) -> BaseLanguageClient:
@@ -117,7 +102,7 @@ async def keystroke(client: BaseLanguageClient, uri: str, version: int, doc: str
 
 
 async def run_case(i: int, case, client: BaseLanguageClient, worker: WorkerClient, engine) -> dict:
-    from fim_server.config import DecodeConfig
+    from fim_server.wire.options import DecodeConfig
     from fim_server.engine import InfillRequest
 
     doc, offset = case.prefix + case.suffix, len(case.prefix)
@@ -207,7 +192,7 @@ async def run(n: int, seed: int, threads: int) -> tuple[list[dict], dict]:
     torch.set_num_threads(threads)
     tmp = Path(tempfile.mkdtemp(prefix="fim-lspb-"))
     address = f"ipc://{tmp}/w.sock"
-    proc = start_worker(address, threads, tmp / "worker.log")
+    spawned = start_worker(address, threads, tmp / "worker.log")
     client = worker = None
     try:
         engine = load_engine("diffusion", None, device="cpu")
@@ -226,8 +211,7 @@ async def run(n: int, seed: int, threads: int) -> tuple[list[dict], dict]:
             await client.shutdown_async(None)
             client.exit(None)
             await client.stop()
-        proc.terminate()
-        proc.wait(30)
+        spawned.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

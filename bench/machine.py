@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from fim_server.machine import cpu_model, describe, one_line  # noqa: F401
+from fim_server.measure import cpu_model, describe, one_line  # noqa: F401
 
 
 def git_commit() -> str | None:

@@ -24,10 +24,10 @@ from bench.machine import describe, one_line
 from bench.metrics import edit_similarity, exact_match
 from bench.repo_cases import SourceFile, sample_cases
 from bench.sandbox import score_humaneval_many
-from fim_server.config import DecodeConfig
-from fim_server.data import collect_sources
+from fim_server.wire.options import DecodeConfig
+from fim_server.train.data import collect_sources
 from fim_server.engine import InfillRequest, load_engine
-from fim_server.postprocess import first_line
+from fim_server.engine.postprocess import first_line
 
 
 def suites(n_held: int, he_limit: int, seed: int) -> dict:

@@ -13,18 +13,16 @@ comparing modes that are not a grid: plain diffusion, early commit, the EB rule,
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from fim_server.config import ENGINES, DecodeConfig
+from fim_server.wire.options import ENGINES, FIELDS, DecodeConfig, OptionError, parse_text
 
 COMMON = {"max_tokens", "temperature", "seed", "context_tokens", "kv_reuse", "single_line"}
 SPECULATIVE_ONLY = {"draft_length", "draft_steps"}
 NOT_SWEPT = {"engine"}
-_FIELDS = {f.name: f for f in dataclasses.fields(DecodeConfig)}
-DIFFUSION = set(_FIELDS) - COMMON - SPECULATIVE_ONLY - NOT_SWEPT
+DIFFUSION = set(FIELDS) - COMMON - SPECULATIVE_ONLY - NOT_SWEPT
 
 
 def applies(option: str, engine: str) -> bool:
@@ -55,25 +53,17 @@ def _show(value: Any) -> str:
 def _option(raw: str, flag: str) -> str:
     """A decoding option's field name ("kv-shift" -> "kv_shift"), or ValueError naming the flag."""
     option = raw.strip().replace("-", "_")
-    if option not in _FIELDS or option in NOT_SWEPT:
-        known = ", ".join(sorted(set(_FIELDS) - NOT_SWEPT))
+    if option not in FIELDS or option in NOT_SWEPT:
+        known = ", ".join(sorted(set(FIELDS) - NOT_SWEPT))
         raise ValueError(f"{flag} {option}: not a decoding option; known: {known}")
     return option
 
 
 def _parse_value(option: str, text: str, flag: str) -> Any:
-    kind = type(getattr(DecodeConfig(), option))
-    text = text.strip()
-    if kind is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{flag} {option}: {text!r} is not true/false")
     try:
-        return kind(text)
-    except ValueError:
-        raise ValueError(f"{flag} {option}: {text!r} is not a {kind.__name__}") from None
+        return parse_text(option, text)
+    except OptionError as exc:
+        raise ValueError(f"{flag} {exc}") from None
 
 
 def parse_sweep(specs: list[str]) -> dict[str, list[Any]]:

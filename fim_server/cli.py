@@ -11,7 +11,8 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from .config import CACHE_MODES, ENGINES, LENGTH_POLICIES, UNMASK_RULES, DecodeConfig
+from .wire.addresses import DEFAULT_ADDRESS
+from .wire.options import ENGINES, DecodeConfig, OptionError, add_arguments, from_arguments
 
 MAX_INPUT_BYTES = 8 * 1024 * 1024       # larger documents are refused, not loaded
 
@@ -44,37 +45,9 @@ def read_text(path: Optional[str], what: str) -> str:
 
 def decode_config(args: argparse.Namespace) -> DecodeConfig:
     try:
-        return DecodeConfig(
-            engine=args.engine, cache=args.cache, threshold=args.threshold, block_size=args.block_size,
-            single_line=args.single_line, max_tokens=args.max_tokens, unmask=args.unmask,
-            factor=args.factor, length=args.length, temperature=args.temperature, seed=args.seed,
-            initial_length=args.initial_length, eb_gamma=args.eb_gamma, early_commit=args.early_commit,
-            draft_length=args.draft_length, draft_steps=args.draft_steps, kv_shift=args.kv_shift,
-        )
-    except ValueError as exc:
+        return from_arguments(args)
+    except OptionError as exc:
         raise UsageError(str(exc)) from None
-
-
-def random_fallback(kind: str) -> str:
-    """A randomly initialised checkpoint, for when the bundled weights are not there yet."""
-    from .models.random_init import build_random_checkpoint
-
-    name = "fim-tiny-dlm" if kind in ("diffusion", "speculative") else "fim-tiny-ar"
-    path = Path.home() / ".cache" / "fim-server" / f"random-{name}"
-    if not (path / "config.json").exists():
-        build_random_checkpoint(path, name, hidden=128, layers=2, vocab_size=1024)
-    return str(path)
-
-
-def resolve_model(model: Optional[str], kind: str) -> tuple[Optional[str], bool]:
-    """(model to load, random_weights): the bundled model when there, else a random one."""
-    from .models.loader import bundled_path
-
-    if model is None and not (bundled_path(kind) / "config.json").exists():
-        model = random_fallback(kind)
-        print(f"warning: no bundled {kind} model: using RANDOM WEIGHTS from {model}", file=sys.stderr)
-        return model, True
-    return model, False
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
@@ -84,6 +57,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     if args.connect:
         return complete_remote(args, prefix, suffix, config)
     from .engine import InfillRequest, load_engine
+    from .models.loader import resolve_model
 
     model, random_weights = resolve_model(args.model, args.engine)
     extra = {}
@@ -120,7 +94,7 @@ def connect_options(args: argparse.Namespace) -> dict:
 def complete_remote(args: argparse.Namespace, prefix: str, suffix: str, config: DecodeConfig) -> int:
     """complete --connect: the worker's model answers; only options that differ from the
     defaults are sent, so the worker's engine and its defaults apply otherwise."""
-    from .client import RequestFailed, SyncWorkerClient, WorkerUnavailable
+    from .wire.client import RequestFailed, SyncWorkerClient, WorkerUnavailable
 
     defaults = DecodeConfig().to_dict()
     options = {k: v for k, v in config.to_dict().items()
@@ -144,7 +118,7 @@ def complete_remote(args: argparse.Namespace, prefix: str, suffix: str, config: 
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .curve import InsecureBind, check_bind
+    from .wire.curve import InsecureBind, check_bind
 
     logging.getLogger("fim_server.worker").setLevel(logging.INFO)   # warm-up and ready lines
     try:
@@ -159,7 +133,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    from .worker import ServeError, WorkerOptions, serve
+    from .models.loader import resolve_model
+    from .worker.server import ServeError, WorkerOptions, serve
 
     model, random_weights = resolve_model(args.model, args.engine)
     ar_model = None
@@ -184,7 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .client import RequestFailed, SyncWorkerClient, WorkerUnavailable
+    from .wire.client import RequestFailed, SyncWorkerClient, WorkerUnavailable
 
     with SyncWorkerClient(args.connect, **connect_options(args)) as client:
         try:
@@ -197,7 +172,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from .curve import make_keys
+    from .wire.curve import make_keys
 
     public, secret = make_keys(args.out, args.name)
     print(json.dumps({"public": public, "secret": secret}))
@@ -205,43 +180,25 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_infill(args: argparse.Namespace) -> int:
-    from .infill.main import command
+    from .batch.command import command
 
-    return command(args)
+    return command(args, decode_config(args), UsageError)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import train
+    from .train import recipe as train
 
     return train.main(args)
 
 
 def add_decode_options(p: argparse.ArgumentParser) -> None:
-    d = DecodeConfig()
-    p.add_argument("--engine", choices=ENGINES, default=d.engine)
+    """The model flags and a flag per decoding option (wire.options.add_arguments)."""
     p.add_argument("--model", default=None, help="local directory or hub id (default: the bundled model)")
     p.add_argument("--family", default=None, help="model family when it cannot be detected")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when present)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: by device)")
-    p.add_argument("--cache", choices=CACHE_MODES, default=d.cache)
-    p.add_argument("--kv-shift", action=argparse.BooleanOptionalAction, default=d.kv_shift,
-                   help="dual cache: move the cached keys behind an expand/delete instead of a full refresh")
-    p.add_argument("--unmask", choices=UNMASK_RULES, default=d.unmask)
-    p.add_argument("--threshold", type=float, default=d.threshold)
-    p.add_argument("--factor", type=float, default=d.factor)
-    p.add_argument("--eb-gamma", type=float, default=d.eb_gamma, help="entropy bound of --unmask eb (nats)")
-    p.add_argument("--early-commit", type=float, default=d.early_commit,
-                   help="commit the whole block once every top1-top2 probability gap reaches this (0: off)")
     p.add_argument("--ar-model", default=None, help="speculative: the AR verifier (default: the bundled AR twin)")
-    p.add_argument("--draft-length", type=int, default=d.draft_length, help="speculative: tokens per draft")
-    p.add_argument("--draft-steps", type=int, default=d.draft_steps, help="speculative: denoising steps per draft")
-    p.add_argument("--block-size", type=int, default=d.block_size)
-    p.add_argument("--length", choices=LENGTH_POLICIES, default=d.length)
-    p.add_argument("--initial-length", type=int, default=d.initial_length)
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens)
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--single-line", action="store_true")
+    add_arguments(p)
 
 
 def add_curve_client_options(p: argparse.ArgumentParser) -> None:
@@ -272,7 +229,7 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--family", default=None, help="model family when it cannot be detected")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when present)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: by device)")
-    p.add_argument("--bind", default="tcp://127.0.0.1:5555",
+    p.add_argument("--bind", default=DEFAULT_ADDRESS,
                    help="tcp://127.0.0.1:PORT or ipc://PATH; other addresses need CURVE keys")
     p.add_argument("--max-batch", type=int, default=8, help="requests decoded together at most")
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a request waits for batch mates")
@@ -294,14 +251,14 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("infill", help="fill every hole (<FILL>) in files or JSONL tasks, batched; locally or on Ray")
-    from .infill.main import add_arguments as add_infill_arguments
+    from .batch.command import add_arguments as add_infill_arguments
     add_infill_arguments(p)
     add_decode_options(p)
     p.set_defaults(func=cmd_infill)
 
     p = sub.add_parser("train", help="train a bundled-size model from scratch (diffusion or ar)")
     if with_train_options:   # train.py imports torch and transformers: seconds that status should not pay
-        from .train import add_arguments
+        from .train.recipe import add_arguments
         add_arguments(p)
     p.set_defaults(func=cmd_train)
     return parser

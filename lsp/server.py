@@ -26,10 +26,11 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
 from fim_server import __version__
+from fim_server.wire.addresses import DEFAULT_ADDRESS
 
 from .cursor import unit_length
 from .service import Completion, CompletionService, Request
-from .settings import DEFAULT_ADDRESS, SECTION, Settings, parse_settings
+from .settings import SECTION, Settings, parse_settings
 from .telemetry import Telemetry
 from .worker_link import WorkerLink
 
@@ -171,7 +172,7 @@ def build_server(defaults: Settings) -> FimLanguageServer:
     @server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)
     async def did_close(ls: FimLanguageServer, params: lsp.DidCloseTextDocumentParams) -> None:
         ls.service.closed(params.text_document.uri)
-        await ls.link.cancel_document(params.text_document.uri)
+        await ls.link.close_document(params.text_document.uri)
 
     @server.command(ACCEPT_COMMAND)
     def accept(ls: FimLanguageServer, *args: Any) -> None:

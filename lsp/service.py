@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from fim_server.client import RequestFailed
+from fim_server.wire.client import RequestFailed
+from fim_server.wire.typed_ahead import TypedAhead
 
-from .completion import TypedAhead, finish
+from .completion import finish
 from .cursor import CursorContext, cursor_context
-from .scheduler import Debouncer, LatestWins, Superseded
+from .debounce import Debouncer, LatestWins, Superseded
 from .settings import Settings
 from .telemetry import Telemetry
 from .worker_link import WorkerLink
@@ -58,7 +59,7 @@ class CompletionService:
         self._log = log_message
         self.latest = LatestWins()
         self.debouncer = Debouncer()
-        self.typed = TypedAhead()
+        self.typed = TypedAhead(capacity=256)      # the completion on screen, per document
         self._ids = itertools.count(1)
         self._logged: set[str] = set()      # one log line per kind of bad input and document
 
@@ -107,7 +108,7 @@ class CompletionService:
             self._log_once(f"fim: no completion for {request.uri}: it has NUL bytes (binary?)")
             self.telemetry.count("bad_input")
             return None
-        rest = self.typed.lookup(request.uri, ctx)
+        rest = self.typed.lookup(request.uri, ctx.prefix, ctx.suffix, offset=ctx.offset)
         if rest is not None:
             self.telemetry.count("reused")
             return Completion(self._new_id(), rest, ctx, reused=True)
@@ -116,7 +117,7 @@ class CompletionService:
         text = await self._ask_worker(request.uri, ctx, settings)
         if text is None:
             return None
-        self.typed.remember(request.uri, ctx, text)
+        self.typed.remember(request.uri, ctx.prefix, ctx.suffix, text, offset=ctx.offset)
         return Completion(self._new_id(), text, ctx, reused=False) if text else None
 
     async def _ask_worker(self, uri: str, ctx: CursorContext, settings: Settings) -> Optional[str]:

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from fim_server.config import DecodeConfig
+from fim_server.wire.addresses import DEFAULT_ADDRESS
+from fim_server.wire.options import DecodeConfig, check_each
 
-DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"    # where `fim-server serve` binds by default
 SECTION = "fim"
 
 # DecodeConfig fields the server decides itself, so a setting for them would be ignored
@@ -111,33 +111,14 @@ def _optional_path(value: Any) -> str | None:
 
 
 def _engine(value: Any) -> tuple[Mapping[str, Any], list[str]]:
-    """DecodeConfig overrides: each entry is checked on its own; bad ones are dropped."""
+    """DecodeConfig overrides: each entry is checked on its own (options.check_each); bad ones
+    are dropped with a line each."""
     if not isinstance(value, dict):
         raise ValueError(f"must be a map of decoding options; got {type(value).__name__}")
-    base = DecodeConfig()
-    known = {f.name: type(getattr(base, f.name)) for f in dataclasses.fields(base)}
-    kept: dict[str, Any] = {}
-    problems = []
-    for name, item in value.items():
-        if name in SERVER_DECIDED:
-            problems.append(f"engine.{name}: decided by the server from the cursor; ignored")
-            continue
-        if name not in known:
-            problems.append(f"engine.{name}: not a decoding option; ignored")
-            continue
-        expected = known[name]
-        if expected is float and isinstance(item, int) and not isinstance(item, bool):
-            item = float(item)
-        if type(item) is not expected:
-            problems.append(f"engine.{name}: must be {expected.__name__}; default used")
-            continue
-        try:
-            base.replace(**{name: item})
-        except (ValueError, TypeError) as exc:
-            problems.append(f"engine.{name}: {exc}; default used")
-            continue
-        kept[name] = item
-    return MappingProxyType(kept), problems
+    decided = [name for name in value if name in SERVER_DECIDED]
+    kept, problems = check_each({k: v for k, v in value.items() if k not in SERVER_DECIDED})
+    return MappingProxyType(kept), [f"engine.{name}: decided by the server from the cursor; ignored"
+                                    for name in decided] + [f"engine.{p}; default used" for p in problems]
 
 
 def _enabled(value: Any) -> Mapping[str, bool]:

@@ -11,7 +11,7 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-from fim_server.worker_stats import percentile
+from fim_server.measure import percentile
 
 LATENCY_WINDOW = 2048
 

@@ -19,14 +19,15 @@ import itertools
 import logging
 import os
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from fim_server.client import RequestFailed, WorkerClient, WorkerUnavailable
-from fim_server.protocol import ErrorCode, ResponseMsg
+from fim_server.wire.addresses import is_loopback
+from fim_server.wire.client import RequestFailed, WorkerClient, WorkerUnavailable
+from fim_server.wire.protocol import ErrorCode, ResponseMsg
+from fim_server.wire.spawn import READY_TIMEOUT_S, child_env, serve_command, wait_ready_async
 
 from .settings import Settings
 
@@ -34,16 +35,7 @@ log = logging.getLogger(__name__)
 
 PROBE_DEADLINE_S = 1.0
 PROBE_BACKOFF_S = (0.25, 0.5, 1.0, 2.0)      # waits between probes while down; the last repeats
-SPAWN_READY_S = 180.0                         # model load and warm-up of a spawned worker
 RESPAWN_AFTER_S = 30.0                        # at most one spawn attempt per this interval
-LOOPBACK_HOSTS = ("127.", "localhost", "[::1]")
-
-
-def is_local(address: str) -> bool:
-    if address.startswith("ipc://"):
-        return True
-    host = address[len("tcp://"):] if address.startswith("tcp://") else ""
-    return host.startswith(LOOPBACK_HOSTS)
 
 
 class WorkerLink:
@@ -104,13 +96,14 @@ class WorkerLink:
         self._up()
         return reply
 
-    async def cancel_document(self, doc_key: str) -> None:
+    async def close_document(self, doc_key: str) -> None:
+        """Stop the document's requests and free what the worker cached for it."""
         if self.state != "up":
             return
         try:
-            await self._client.cancel(doc_key=doc_key)
+            await self._client.close_document(doc_key)
         except Exception as exc:                        # best effort: the request ends anyway
-            log.debug("cancel for %s not sent: %s", doc_key, exc)
+            log.debug("close of %s not sent: %s", doc_key, exc)
 
     async def stats(self) -> Optional[dict[str, Any]]:
         try:
@@ -161,7 +154,7 @@ class WorkerLink:
             return
         self._reported = True
         address = self.settings.worker_address
-        hint = "" if self.settings.spawn_worker and is_local(address) else \
+        hint = "" if self.settings.spawn_worker and is_loopback(address) else \
             f" Start one with `fim-server serve --bind {address}`."
         self._tell_user(f"fim: no completion worker answers at {address} ({reason}). "
                         f"Completions are paused and resume by themselves when it is back.{hint}")
@@ -194,20 +187,13 @@ class WorkerLink:
     def _may_spawn(self) -> bool:
         alive = self._child is not None and self._child.returncode is None
         recent = time.monotonic() - self._last_spawn < RESPAWN_AFTER_S
-        return (self.settings.spawn_worker and is_local(self.settings.worker_address)
+        return (self.settings.spawn_worker and is_loopback(self.settings.worker_address)
                 and not alive and not recent)
 
     def _command(self) -> list[str]:
         s = self.settings
-        cmd = [sys.executable, "-m", "fim_server.cli", "serve", "--bind", s.worker_address,
-               "--engine", s.engine_kind]
-        if s.worker_model:
-            cmd += ["--model", s.worker_model]
-        if s.worker_ar_model and s.engine_kind == "speculative":
-            cmd += ["--ar-model", s.worker_ar_model]
-        if s.worker_threads:
-            cmd += ["--threads", str(s.worker_threads)]
-        return cmd
+        return serve_command(s.worker_address, engine=s.engine_kind, model=s.worker_model,
+                             ar_model=s.worker_ar_model, threads=s.worker_threads)
 
     async def _spawn(self) -> tuple[bool, str]:
         """Start a worker and wait for its ready line: (ready, reason when not)."""
@@ -220,13 +206,13 @@ class WorkerLink:
         try:
             self._child = await asyncio.create_subprocess_exec(
                 *self._command(), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=fd)
+                stdout=asyncio.subprocess.PIPE, stderr=fd, env=child_env(self.settings.worker_threads))
         except OSError as exc:
             return False, str(exc)
         finally:
             os.close(fd)
         try:
-            ready = await asyncio.wait_for(self._ready_line(self._child), SPAWN_READY_S)
+            ready = await asyncio.wait_for(wait_ready_async(self._child.stdout), READY_TIMEOUT_S) is not None
         except asyncio.TimeoutError:
             ready = False
         if not ready:
@@ -235,15 +221,6 @@ class WorkerLink:
         self._child_tasks = [asyncio.ensure_future(self._child.stdout.read()),   # keep the pipe drained
                              asyncio.ensure_future(self._watch_child(self._child))]
         return True, ""
-
-    @staticmethod
-    async def _ready_line(child: asyncio.subprocess.Process) -> bool:
-        while True:
-            line = await child.stdout.readline()
-            if not line:
-                return False
-            if line.startswith(b"ready "):
-                return True
 
     async def _watch_child(self, child: asyncio.subprocess.Process) -> None:
         status = await child.wait()

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from fim_server.config import DecodeConfig
+from fim_server.wire.options import DecodeConfig
 from fim_server.engine.ar import AREngine
 from fim_server.engine.layout import fit_context
 from fim_server.engine.layout import ANCHOR_LINES

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fim_server.config import DecodeConfig
+from fim_server.wire.options import DecodeConfig
 from fim_server.engine.diffusion import DiffusionEngine
 from fim_server.engine.types import InfillRequest
 from fim_server.models import load_model

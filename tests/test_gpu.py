@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fim_server.config import DecodeConfig
+from fim_server.wire.options import DecodeConfig
 from fim_server.engine.ar import AREngine
 from fim_server.engine.diffusion import DiffusionEngine
 from fim_server.engine.types import InfillRequest

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from fim_server import cli
-from fim_server.config import DecodeConfig
+from fim_server.wire.options import DecodeConfig
 from fim_server.engine import InfillRequest, load_engine
-from fim_server.infill import InfillOptions, LocalRunner, context, fill, find_holes, fingerprint, infill
-from fim_server.infill.journal import TMP_TAG, Journal, request_key
+from fim_server.batch import InfillOptions, LocalRunner, context, fill, find_holes, fingerprint, infill
+from fim_server.batch.journal import TMP_TAG, Journal, request_key
 
 CONFIG = DecodeConfig(max_tokens=8)
 

@@ -9,9 +9,9 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from fim_server import cli  # noqa: E402
-from fim_server.infill import InfillOptions, LocalRunner, infill  # noqa: E402
-from fim_server.infill.journal import Journal  # noqa: E402
-from fim_server.infill_ray import RayRunner  # noqa: E402
+from fim_server.batch import InfillOptions, LocalRunner, infill  # noqa: E402
+from fim_server.batch.journal import Journal  # noqa: E402
+from fim_server.batch.ray_runner import RayRunner  # noqa: E402
 from test_infill import (CONFIG, TREE, Crash, Recording, engine, fp, make_tree, many_holes,  # noqa: E402,F401
                          one_thread, read_tree)
 

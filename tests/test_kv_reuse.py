@@ -6,14 +6,14 @@ import dataclasses
 import pytest
 import torch
 
-from fim_server.config import DecodeConfig
+from fim_server.wire.options import DecodeConfig
 from fim_server.engine import load_engine
 from fim_server.engine.diffusion import DiffusionEngine
 from fim_server.engine.kv import RowKV
 from fim_server.engine.prefix_store import PrefixStore, common_prefix
 from fim_server.engine.types import InfillRequest
 from fim_server.models import load_model
-from fim_server.worker_stats import WorkerStats
+from fim_server.worker.stats import WorkerStats
 
 PREFIX = "".join(f"value_{i} = compute({i}, scale={i % 7})\n" for i in range(40)) + "def total(xs):\n    return "
 SUFFIX = "\n\n\nprint(total([1, 2, 3]))\n"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from fim_server.config import DecodeConfig
+from fim_server.wire.options import DecodeConfig
 from fim_server.engine.diffusion import DiffusionEngine
 from fim_server.engine.kv import RowKV, rope_inv_freq, shift_keys
 from fim_server.engine.types import InfillRequest

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fim_server.config import DecodeConfig
+from fim_server.wire.options import DecodeConfig
 from fim_server.engine.canvas import Canvas
 from fim_server.engine.kv import RowKV
 from fim_server.engine.diffusion import DiffusionEngine

@@ -26,8 +26,8 @@ from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcInvalidParams, JsonRpcRequestCancelled
 from pytest_lsp import ClientServerConfig, LanguageClient
 
-from bench.spawn import wait_ready
-from fim_server.client import WorkerClient
+from fim_server.wire.client import WorkerClient
+from fim_server.wire.spawn import SpawnedWorker
 
 READY_TIMEOUT = 120
 # `self.name = ` right after `def __init__(self, name):`. The expected completion is what the
@@ -41,7 +41,7 @@ POINT_CURSOR = (1, 16)
 @functools.cache
 def point_answer() -> str:
     """The engine's answer to POINT, through the server's own post-processing rules."""
-    from fim_server.config import DecodeConfig
+    from fim_server.wire.options import DecodeConfig
     from fim_server.engine import InfillRequest, load_engine
     from lsp.completion import finish
     from lsp.cursor import cursor_context
@@ -68,22 +68,10 @@ SLOW_CURSOR = (1, 4)
 # ---------------------------------------------------------------- processes
 
 
-class Worker:
+def Worker(bind: str, log_dir: str) -> SpawnedWorker:
     """`fim-server serve` on the bundled model, one torch thread, ready when it says so."""
-
-    def __init__(self, bind: str, log_dir: str):
-        self.log_path = Path(log_dir) / f"worker-{time.monotonic_ns()}.log"
-        cmd = [sys.executable, "-m", "fim_server.cli", "serve", "--bind", bind, "--device", "cpu",
-               "--threads", "1"]
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
-                                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-        self.address = wait_ready(self.proc, self.log_path, READY_TIMEOUT)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(30)
+    return SpawnedWorker(bind, Path(log_dir) / f"worker-{time.monotonic_ns()}.log", threads=1,
+                         extra=("--device", "cpu"), timeout=READY_TIMEOUT)
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,14 @@ import asyncio
 
 import pytest
 
-from lsp.completion import TypedAhead, finish
+from fim_server.wire.typed_ahead import TypedAhead
+from lsp.completion import finish
 from lsp.cursor import cursor_context, is_single_line
-from lsp.scheduler import Debouncer, LatestWins, Superseded
+from lsp.debounce import Debouncer, LatestWins, Superseded
 from lsp.settings import Settings, parse_settings
 from lsp.telemetry import Telemetry
-from lsp.worker_link import WorkerLink, is_local
+from fim_server.wire.addresses import is_loopback as is_local
+from lsp.worker_link import WorkerLink
 
 # ---------------------------------------------------------------- cursor context
 
@@ -115,30 +117,34 @@ def test_nothing_when_the_model_gives_nothing():
 # ---------------------------------------------------------------- typed-ahead reuse
 
 
+def lookup(cache, uri, ctx):
+    return cache.lookup(uri, ctx.prefix, ctx.suffix, offset=ctx.offset)
+
+
 def test_typed_ahead_serves_the_rest_of_the_shown_completion():
     cache = TypedAhead()
     source = "def f(name):\n    self.x = \n"
     ctx = cursor_context(source, 1, 13)
-    cache.remember("a.py", ctx, "name_of_x")
+    cache.remember("a.py", ctx.prefix, ctx.suffix, "name_of_x", offset=ctx.offset)
     typed = source[:ctx.offset] + "na" + source[ctx.offset:]
-    assert cache.lookup("a.py", cursor_context(typed, 1, 15)) == "me_of_x"
+    assert lookup(cache, "a.py", cursor_context(typed, 1, 15)) == "me_of_x"
     typed_more = typed[:ctx.offset + 2] + "me" + typed[ctx.offset + 2:]
-    assert cache.lookup("a.py", cursor_context(typed_more, 1, 17)) == "_of_x"   # chained
+    assert lookup(cache, "a.py", cursor_context(typed_more, 1, 17)) == "_of_x"   # chained
 
 
 def test_typed_ahead_misses_when_the_text_disagrees():
     cache = TypedAhead()
     source = "x = \ny = 2\n"
     ctx = cursor_context(source, 0, 4)
-    cache.remember("a.py", ctx, "foo(1)")
+    cache.remember("a.py", ctx.prefix, ctx.suffix, "foo(1)", offset=ctx.offset)
     other_char = "x = g\ny = 2\n"
-    assert cache.lookup("a.py", cursor_context(other_char, 0, 5)) is None
+    assert lookup(cache, "a.py", cursor_context(other_char, 0, 5)) is None
     other_suffix = "x = f\ny = 3\n"
-    assert cache.lookup("a.py", cursor_context(other_suffix, 0, 5)) is None
-    assert cache.lookup("b.py", cursor_context("x = f\ny = 2\n", 0, 5)) is None
-    assert cache.lookup("a.py", ctx) is None                        # nothing typed: ask again
+    assert lookup(cache, "a.py", cursor_context(other_suffix, 0, 5)) is None
+    assert lookup(cache, "b.py", cursor_context("x = f\ny = 2\n", 0, 5)) is None
+    assert lookup(cache, "a.py", ctx) is None                        # nothing typed: ask again
     whole = "x = foo(1)\ny = 2\n"
-    assert cache.lookup("a.py", cursor_context(whole, 0, 10)) is None   # all of it typed
+    assert lookup(cache, "a.py", cursor_context(whole, 0, 10)) is None   # all of it typed
 
 
 # ---------------------------------------------------------------- settings

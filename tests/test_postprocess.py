@@ -2,7 +2,7 @@
 
 import pytest
 
-from fim_server.postprocess import (first_line, fix_indentation, line_complete, postprocess,
+from fim_server.engine.postprocess import (first_line, fix_indentation, line_complete, postprocess,
                                     trim_suffix_overlap)
 
 

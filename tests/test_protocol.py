@@ -6,10 +6,10 @@ import sys
 import msgpack
 import pytest
 
-from fim_server import protocol as P
-from fim_server.config import DecodeConfig
-from fim_server.protocol import (
-    CancelMsg, ErrorCode, ErrorMsg, HealthMsg, InfillMsg, ProtocolError, ReadyMsg,
+from fim_server.wire import protocol as P
+from fim_server.wire.options import DecodeConfig
+from fim_server.wire.protocol import (
+    CancelMsg, ErrorCode, ErrorMsg, HealthMsg, InfillMsg, ProtocolError, CloseMsg,
     ResponseMsg, StatsMsg, decode, encode, error_from, request_config,
 )
 
@@ -30,7 +30,7 @@ ALL_MESSAGES = [
     HealthMsg(id="h1"),
     StatsMsg(id="h1", stats={"requests": 10, "queue": 0, "engine": "diffusion"}),
     StatsMsg(id="h2"),
-    ReadyMsg(model="dream-coder-7b", device="cuda:0", engine="diffusion", warmup_ms=812.0),
+    CloseMsg(doc_key="file:///a.py"),
 ]
 
 
@@ -435,5 +435,5 @@ def test_error_from_every_decode_failure_encodes():
 
 def test_no_heavy_imports():
     import subprocess
-    code = "import sys, fim_server.protocol; assert 'zmq' not in sys.modules and 'torch' not in sys.modules"
+    code = "import sys, fim_server.wire.protocol; assert 'zmq' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

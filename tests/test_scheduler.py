@@ -2,11 +2,11 @@
 
 import time
 
-from fim_server.config import DecodeConfig
-from fim_server.protocol import InfillMsg
-from fim_server.reuse import ReuseCache
-from fim_server.scheduler import CANCELLED, DEADLINE, SHUTDOWN, SUPERSEDED, Job, Scheduler
-from fim_server.worker_stats import percentile
+from fim_server.wire.options import DecodeConfig
+from fim_server.wire.protocol import InfillMsg
+from fim_server.wire.typed_ahead import TypedAhead
+from fim_server.worker.scheduler import CANCELLED, DEADLINE, SHUTDOWN, SUPERSEDED, Job, Scheduler
+from fim_server.measure import percentile
 
 FAST, OTHER = DecodeConfig(max_tokens=8), DecodeConfig(max_tokens=9)
 
@@ -65,15 +65,15 @@ def test_should_stop_on_deadline_and_close():
 
 
 def test_reuse_serves_typed_prefix_of_the_last_completion():
-    cache = ReuseCache()
-    cache.remember("doc", "x = ", "\n", FAST, "foo(1)")
-    assert cache.lookup("doc", "x = fo", "\n", FAST) == "o(1)"
-    assert cache.lookup("doc", "x = foo", "\n", FAST) == "(1)"       # the hit became the entry
-    assert cache.lookup("doc", "x = foo(", "\n\n", FAST) is None     # suffix changed
-    assert cache.lookup("doc", "x = foo(", "\n", OTHER) is None      # options changed
-    assert cache.lookup("doc", "x = fox", "\n", FAST) is None        # typed something else
-    assert cache.lookup("doc", "x = foo(1)", "\n", FAST) is None     # typed it all
-    assert cache.lookup("doc", "x = foo", "\n", FAST) is None        # same request again: compute
+    cache = TypedAhead()
+    cache.remember("doc", "x = ", "\n", "foo(1)", tag=FAST)
+    assert cache.lookup("doc", "x = fo", "\n", tag=FAST) == "o(1)"
+    assert cache.lookup("doc", "x = foo", "\n", tag=FAST) == "(1)"       # the hit became the entry
+    assert cache.lookup("doc", "x = foo(", "\n\n", tag=FAST) is None     # suffix changed
+    assert cache.lookup("doc", "x = foo(", "\n", tag=OTHER) is None      # options changed
+    assert cache.lookup("doc", "x = fox", "\n", tag=FAST) is None        # typed something else
+    assert cache.lookup("doc", "x = foo(1)", "\n", tag=FAST) is None     # typed it all
+    assert cache.lookup("doc", "x = foo", "\n", tag=FAST) is None        # same request again: compute
 
 
 def test_percentile_nearest_rank():

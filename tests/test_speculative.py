@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bench.repo_cases import SourceFile, sample_cases
-from fim_server.config import DecodeConfig
+from fim_server.wire.options import DecodeConfig
 from fim_server.engine import load_engine
 from fim_server.engine.ar import AREngine
 from fim_server.engine.diffusion import DiffusionEngine

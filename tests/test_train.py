@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from fim_server.config import DecodeConfig
+from fim_server.wire.options import DecodeConfig
 from fim_server.engine import InfillRequest, load_engine
-from fim_server.train import TrainConfig, export, train
+from fim_server.train.recipe import TrainConfig, export, train
 
 BUNDLED_TOKENIZER = Path(__file__).parent.parent / "fim_server" / "bundled" / "fim-tiny-ar"
 TINY = dict(tokenizer=str(BUNDLED_TOKENIZER), hidden=32, layers=1, heads=2, intermediate=64, seq_len=64,

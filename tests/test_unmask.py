@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fim_server.config import DecodeConfig
+from fim_server.wire.options import DecodeConfig
 from fim_server.engine.unmask import (EntropyBoundRule, FactorRule, ThresholdRule, choose, make_rule,
                                       most_confident, settled_rows)
 

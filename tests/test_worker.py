@@ -24,10 +24,10 @@ import msgpack
 import pytest
 import zmq
 
-from bench.spawn import wait_ready
-from fim_server.client import RequestFailed, WorkerClient, WorkerUnavailable
-from fim_server.curve import client_curve
-from fim_server.protocol import (
+from fim_server.wire.client import RequestFailed, WorkerClient, WorkerUnavailable
+from fim_server.wire.curve import client_curve
+from fim_server.wire.spawn import SpawnedWorker
+from fim_server.wire.protocol import (
     MAX_FRAME_BYTES, ErrorCode, ErrorMsg, HealthMsg, InfillMsg, ResponseMsg, decode, encode,
 )
 
@@ -60,27 +60,10 @@ def sock_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-class WorkerProcess:
-    def __init__(self, model: Path, bind: str, log_dir: str, *extra: str):
-        self.log_path = Path(log_dir) / f"worker-{time.monotonic_ns()}.log"
-        cmd = [sys.executable, "-m", "fim_server.cli", "serve", "--model", str(model), "--bind", bind,
-               "--device", "cpu", "--threads", "1", *extra]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-        self.address = wait_ready(self.proc, self.log_path, READY_TIMEOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
+def WorkerProcess(model: Path, bind: str, log_dir: str, *extra: str) -> SpawnedWorker:
+    """`fim-server serve` on `model`, one torch thread, ready when it says so."""
+    return SpawnedWorker(bind, Path(log_dir) / f"worker-{time.monotonic_ns()}.log", model=str(model),
+                         threads=1, extra=("--device", "cpu", *extra), timeout=READY_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +261,7 @@ async def test_cancel_by_id_and_by_task_cancellation(worker, client, peer):
 
 
 def encode_cancel(**fields) -> bytes:
-    from fim_server.protocol import CancelMsg
+    from fim_server.wire.protocol import CancelMsg
     return encode(CancelMsg(**fields))
 
 

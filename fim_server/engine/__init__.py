@@ -12,7 +12,7 @@ def load_engine(kind: str = "diffusion", model: Optional[str] = None, device: Op
     """A ready engine of `kind` ("diffusion" | "ar" | "speculative") on a bundled, local or hub
     checkpoint. Speculative: `model` (and `family`) is the diffusion drafter, `ar_model` the AR
     verifier; either left out is the bundled twin."""
-    from ..models.loader import load_model
+    from fim_server.models.loader import load_model
 
     if kind == "speculative":
         from .ar import AREngine

@@ -20,13 +20,13 @@ from typing import Optional
 import torch
 from transformers import DynamicCache
 
-from ..config import DecodeConfig
-from ..models.loader import LoadedModel
-from ..postprocess import line_complete, postprocess
+from fim_server.wire.options import DecodeConfig
+from fim_server.models.loader import LoadedModel
+from .postprocess import line_complete, postprocess
 from .kv import RowKV, assemble
 from .layout import fit_context
 from .prefix_store import PrefixStore
-from .rows import RowEngine
+from .base import RowEngine
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..models.family import TokenIds
+from fim_server.models.family import TokenIds
 from .kv import RowKV
 
 

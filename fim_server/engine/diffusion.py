@@ -18,9 +18,9 @@ from typing import Optional
 import torch
 from transformers import DynamicCache
 
-from ..config import DecodeConfig
-from ..models.loader import LoadedModel
-from ..postprocess import line_complete, postprocess
+from fim_server.wire.options import DecodeConfig
+from fim_server.models.loader import LoadedModel
+from .postprocess import line_complete, postprocess
 from .canvas import Canvas
 from .kv import RowKV, assemble, rope_inv_freq, shift_keys
 from .layout import fit_context

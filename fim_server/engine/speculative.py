@@ -29,14 +29,14 @@ from typing import Optional
 import torch
 from transformers import DynamicCache
 
-from ..config import DecodeConfig
-from ..postprocess import postprocess
+from fim_server.wire.options import DecodeConfig
+from .postprocess import postprocess
 from .ar import AREngine
 from .canvas import Canvas
 from .diffusion import DiffusionEngine
 from .kv import RowKV
 from .layout import fit_context
-from .rows import RowEngine
+from .base import RowEngine
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 from .unmask import choose, make_rule
 

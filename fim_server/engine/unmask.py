@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import DecodeConfig
+from fim_server.wire.options import DecodeConfig
 
 
 def most_confident(conf: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ class TokenIds:
     pad: int
 
 
-# Our bundled twins share one tokenizer (trained by fim_server.train) with these tokens.
+# Our bundled twins share one tokenizer (trained by fim_server.train.recipe) with these tokens.
 BUNDLED_SPECIAL_TOKENS = (
     "<|endoftext|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>",
     "<|mask|>", "<|expand|>", "<|delete|>",

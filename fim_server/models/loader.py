@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -32,10 +32,6 @@ class LoadedModel:
     dtype: torch.dtype
     context_tokens: int              # prefix + middle + suffix budget
 
-    @property
-    def name(self) -> str:
-        return f"{self.family.name}:{self.source}"
-
 
 def pick_device(device: Optional[str] = None) -> torch.device:
     if device in (None, "", "auto"):
@@ -62,6 +58,27 @@ def pick_dtype(device: torch.device, dtype: Optional[str] = None) -> torch.dtype
 def bundled_path(kind: str) -> Path:
     """The packaged model of one kind ("diffusion" or "ar")."""
     return BUNDLED_DIR / BUNDLED[kind]
+
+
+def random_fallback(kind: str) -> str:
+    """A randomly initialised checkpoint, for when the bundled weights are not there yet."""
+    from .random_init import build_random_checkpoint
+
+    name = "fim-tiny-dlm" if kind in ("diffusion", "speculative") else "fim-tiny-ar"
+    path = Path.home() / ".cache" / "fim-server" / f"random-{name}"
+    if not (path / "config.json").exists():
+        build_random_checkpoint(path, name, hidden=128, layers=2, vocab_size=1024)
+    return str(path)
+
+
+def resolve_model(model: Optional[str], kind: str) -> tuple[Optional[str], bool]:
+    """(model to load, random_weights): the bundled model when there, else a random one (with a
+    warning on stderr, so nobody mistakes its output for the model's)."""
+    if model is None and not (bundled_path(kind) / "config.json").exists():
+        model = random_fallback(kind)
+        print(f"warning: no bundled {kind} model: using RANDOM WEIGHTS from {model}", file=sys.stderr)
+        return model, True
+    return model, False
 
 
 def resolve_source(name_or_path: Optional[str], kind: str) -> str:

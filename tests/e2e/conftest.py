@@ -32,7 +32,7 @@ def fim_lsp() -> str:
 @pytest.fixture(scope="session")
 def worker(tmp_path_factory):
     """A real `fim-server serve` on the bundled diffusion model, one torch thread, loopback."""
-    from fim_server.client import RequestFailed, SyncWorkerClient, WorkerUnavailable
+    from fim_server.wire.client import RequestFailed, SyncWorkerClient, WorkerUnavailable
 
     address = f"tcp://127.0.0.1:{free_port()}"
     log = tmp_path_factory.mktemp("worker") / "worker.log"

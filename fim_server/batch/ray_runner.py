@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Iterator, Optional
 
-from .config import DecodeConfig
-from .engine.types import InfillRequest
-from .infill.run import run_batch
+from fim_server.wire.options import DecodeConfig
+from fim_server.engine.types import InfillRequest
+from .run import run_batch
 
 
 def connect(address: str) -> None:
@@ -52,7 +52,7 @@ class Replica:
     def __init__(self, spec: dict, gpu: bool, threads: int):
         import torch
 
-        from .engine import load_engine
+        from fim_server.engine import load_engine
 
         if not gpu:
             torch.set_num_threads(max(1, threads))

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import Counter, deque
 from typing import Any, Optional
 
+from fim_server.measure import percentile
+
 LATENCY_WINDOW = 2048      # percentiles over the most recent answers, not since start
-
-
-def percentile(values: list[float], q: float) -> Optional[float]:
-    """Nearest-rank percentile (q in [0, 100]); None when there is nothing to rank."""
-    if not values:
-        return None
-    ranked = sorted(values)
-    k = max(0, min(len(ranked), math.ceil(q / 100 * len(ranked))) - 1)
-    return round(ranked[k], 3)
 
 
 class WorkerStats:

@@ -1,10 +1,13 @@
-"""Name the machine a benchmark ran on, so figures are never quoted without it."""
+"""Measurements: name the machine a figure was measured on (so it is never quoted without it),
+and rank latencies. No torch at import time."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from pathlib import Path
+from typing import Optional
 
 
 def cpu_model() -> str:
@@ -32,3 +35,12 @@ def describe(device: str = "cpu") -> dict:
 def one_line(info: dict) -> str:
     where = info.get("gpu") or f"{info['cpu']} ({info['cores']} cores, {info['torch_threads']} torch threads)"
     return f"{where}; torch {info['torch']}, transformers {info['transformers']}"
+
+
+def percentile(values: list[float], q: float) -> Optional[float]:
+    """Nearest-rank percentile (q in [0, 100]); None when there is nothing to rank."""
+    if not values:
+        return None
+    ranked = sorted(values)
+    k = max(0, min(len(ranked), math.ceil(q / 100 * len(ranked))) - 1)
+    return round(ranked[k], 3)

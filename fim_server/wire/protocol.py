@@ -39,7 +39,7 @@ from typing import Any, Callable, Union
 
 import msgpack
 
-from fim_server.config import DecodeConfig
+from .options import DecodeConfig, OptionError, apply
 
 PROTOCOL_VERSION = 1
 
@@ -65,7 +65,7 @@ class MsgType(str, enum.Enum):
     cancel = "cancel"        # client -> worker: drop a request (by id or doc_key)
     health = "health"        # client -> worker: ask for stats
     stats = "stats"          # worker -> client: answer to health
-    ready = "ready"          # worker -> client: the model is loaded and warm
+    close = "close"          # client -> worker: a document was closed: stop its requests, free its caches
 
 
 class ErrorCode(str, enum.Enum):
@@ -73,11 +73,9 @@ class ErrorCode(str, enum.Enum):
     bad_version = "bad_version"
     too_large = "too_large"
     busy = "busy"
-    cancelled = "cancelled"
     deadline = "deadline"
     internal = "internal"
     unavailable = "unavailable"
-    unauthorized = "unauthorized"
 
 
 # Codes for which sending the same request again later may succeed.
@@ -144,14 +142,11 @@ class StatsMsg:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReadyMsg:
-    model: str
-    device: str
-    engine: str
-    warmup_ms: float
+class CloseMsg:
+    doc_key: str                        # this client's requests for it stop; what the worker cached for it goes
 
 
-Msg = Union[InfillMsg, ResponseMsg, ErrorMsg, CancelMsg, HealthMsg, StatsMsg, ReadyMsg]
+Msg = Union[InfillMsg, ResponseMsg, ErrorMsg, CancelMsg, HealthMsg, StatsMsg, CloseMsg]
 
 
 # ---------------------------------------------------------------- field checks
@@ -307,11 +302,8 @@ _SPECS: dict[MsgType, tuple[type, dict[str, tuple[Callable[[str, Any], Any], boo
         "id": (_ID, True),
         "stats": (_stats, False),
     }),
-    MsgType.ready: (ReadyMsg, {
-        "model": (_string(MAX_KEY_CHARS), True),
-        "device": (_SHORT, True),
-        "engine": (_SHORT, True),
-        "warmup_ms": (_number, True),
+    MsgType.close: (CloseMsg, {
+        "doc_key": (_KEY, True),
     }),
 }
 
@@ -418,9 +410,8 @@ def decode(data: Any) -> Msg:
 def request_config(msg: InfillMsg, base: DecodeConfig) -> DecodeConfig:
     """``base`` with the request's options, then max_tokens/single_line/engine, applied.
 
-    The explicit fields win over the same names in ``options``. Values must have
-    the type of the DecodeConfig field (an int is accepted for a float field;
-    bools are never numbers). Raises ProtocolError(bad_request) naming the
+    The explicit fields win over the same names in ``options``. Checked by the one
+    option parser (options.apply); raises ProtocolError(bad_request) naming the
     offending option.
     """
     changes = dict(msg.options)
@@ -428,23 +419,9 @@ def request_config(msg: InfillMsg, base: DecodeConfig) -> DecodeConfig:
         value = getattr(msg, name)
         if value is not None:
             changes[name] = value
-
-    known = {f.name for f in dataclasses.fields(base)}
-    for name in sorted(changes):
-        if name not in known:
-            raise ProtocolError(ErrorCode.bad_request, f"unknown decoding option {name!r}", msg.id)
-        value = changes[name]
-        expected = type(getattr(base, name))
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            changes[name] = value = float(value)
-        if type(value) is not expected:
-            raise ProtocolError(
-                ErrorCode.bad_request,
-                f"decoding option {name!r} must be {expected.__name__}; got {_type_name(value)}",
-                msg.id)
     try:
-        return base.replace(**changes)
-    except (ValueError, TypeError) as exc:
+        return apply(base, changes)
+    except OptionError as exc:
         raise ProtocolError(ErrorCode.bad_request, f"bad decoding option: {exc}", msg.id) from None
 
 

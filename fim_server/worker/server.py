@@ -1,4 +1,4 @@
-"""The resident worker: one model, a ZeroMQ ROUTER socket, msgpack frames (fim_server.protocol).
+"""The resident worker: one model, a ZeroMQ ROUTER socket, msgpack frames (fim_server.wire.protocol).
 
     clients (DEALER) --> ROUTER --socket thread--> Scheduler --compute thread--> engine.infill
                                       ^                                              |
@@ -6,7 +6,7 @@
 
 ZeroMQ sockets are not thread-safe, so exactly one thread (the main one) touches the ROUTER.
 It decodes frames, answers what needs no model at once (errors, busy, cancellations, stats,
-reuse hits) and queues the rest. The compute thread takes micro-batches from the queue, runs
+typed-ahead hits) and queues the rest. The compute thread takes micro-batches from the queue, runs
 the engine, and hands each reply back over an inproc PAIR socket that it alone owns; the
 socket thread forwards it. Every request gets exactly one reply (see scheduler.py).
 """
@@ -23,20 +23,21 @@ from typing import Any, Optional
 
 import zmq
 
-from .config import DecodeConfig
-from .curve import serve_curve, tcp_host
-from .engine.types import InfillRequest
-from .protocol import (
-    MAX_FRAME_BYTES, RETRYABLE_CODES, CancelMsg, ErrorCode, ErrorMsg, HealthMsg, InfillMsg,
+from fim_server.engine.types import InfillRequest
+from fim_server.wire.addresses import DEFAULT_ADDRESS, tcp_host
+from fim_server.wire.curve import serve_curve
+from fim_server.wire.options import DecodeConfig
+from fim_server.wire.protocol import (
+    MAX_FRAME_BYTES, RETRYABLE_CODES, CancelMsg, CloseMsg, ErrorCode, ErrorMsg, HealthMsg, InfillMsg,
     Msg, ProtocolError, ResponseMsg, StatsMsg, decode, encode, error_from, request_config,
 )
-from .reuse import ReuseCache
+from fim_server.wire.typed_ahead import TypedAhead
+
 from .scheduler import DEADLINE, Job, Scheduler
-from .worker_stats import WorkerStats
+from .stats import WorkerStats
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BIND = "tcp://127.0.0.1:5555"
 REPLY_PIPE = "inproc://fim-worker-replies"
 DONE = b""                   # the compute thread's last message on the pipe: it has finished
 POLL_MS = 50                 # how often the socket loop notices a stop request
@@ -48,7 +49,7 @@ MAX_WIRE_BYTES = 4 * MAX_FRAME_BYTES
 
 @dataclass
 class WorkerOptions:
-    bind: str = DEFAULT_BIND
+    bind: str = DEFAULT_ADDRESS
     max_batch: int = 8
     batch_wait_ms: float = 5.0
     queue: int = 64
@@ -105,7 +106,7 @@ class Worker:
             self.ctx.destroy(linger=0)
             raise ServeError(f"cannot serve on {options.bind}: {exc}") from None
         self.scheduler = Scheduler(options.queue, options.max_batch, options.batch_wait_ms / 1000)
-        self.reuse = ReuseCache()
+        self.typed = TypedAhead()
         self.engine = None
         self.stats: Optional[WorkerStats] = None
         self.stopping = False
@@ -231,11 +232,22 @@ class Worker:
             for job in self.scheduler.cancel(envelope[0], msg.id, msg.doc_key):
                 self._cancelled(job)
             return None
+        if isinstance(msg, CloseMsg):
+            return self._on_close(envelope, msg)
         if isinstance(msg, HealthMsg):
             return self._send(envelope, StatsMsg(id=msg.id, stats=self.stats.snapshot(*self.scheduler.depth())))
         self.stats.count("bad_request")
         self._send(envelope, error(getattr(msg, "id", None), ErrorCode.bad_request,
-                                   f"a worker takes infill, cancel and health messages, not {type(msg).__name__}"))
+                                   f"a worker takes infill, cancel, close and health messages, "
+                                   f"not {type(msg).__name__}"))
+
+    def _on_close(self, envelope: list[bytes], msg: CloseMsg) -> None:
+        """A closed document: stop this client's requests for it, free its typed-ahead text and
+        the prompt KV the engine kept for it (both stores are thread-safe)."""
+        for job in self.scheduler.cancel(envelope[0], None, msg.doc_key):
+            self._cancelled(job)
+        self.typed.forget(msg.doc_key)
+        self.engine.forget(msg.doc_key)
 
     def _on_infill(self, envelope: list[bytes], msg: InfillMsg) -> None:
         if self.stopping:
@@ -252,7 +264,7 @@ class Worker:
         if job.expired():
             self.stats.count("deadline_dropped")
             return self._send(envelope, error(msg.id, ErrorCode.deadline, "the deadline passed before it was queued"))
-        if msg.doc_key is not None and self._answer_from_reuse(job):
+        if msg.doc_key is not None and self._answer_typed_ahead(job):
             return None
         if not self.scheduler.submit(job):
             self.stats.count("busy")
@@ -266,9 +278,9 @@ class Worker:
                                 f"this worker runs the {self.engine.kind} engine, not {config.engine}", msg.id)
         return config
 
-    def _answer_from_reuse(self, job: Job) -> bool:
+    def _answer_typed_ahead(self, job: Job) -> bool:
         msg = job.msg
-        rest = self.reuse.lookup(msg.doc_key, msg.prefix, msg.suffix, job.config)
+        rest = self.typed.lookup(msg.doc_key, msg.prefix, msg.suffix, tag=job.config)
         if rest is None:
             return False
         latency_ms = round((time.monotonic() - job.received) * 1000, 3)
@@ -337,7 +349,7 @@ class Worker:
         latency_ms = round((time.monotonic() - job.received) * 1000, 3)
         self.stats.served(latency_ms, engine_stats)
         if job.msg.doc_key is not None:
-            self.reuse.remember(job.msg.doc_key, job.msg.prefix, job.msg.suffix, job.config, result.text)
+            self.typed.remember(job.msg.doc_key, job.msg.prefix, job.msg.suffix, result.text, tag=job.config)
         stats = {**engine_stats, **self.reply_fields, "reused": False, "batch_size": batch_size,
                  "engine_latency_ms": engine_stats["latency_ms"], "latency_ms": latency_ms}
         return ResponseMsg(id=job.msg.id, text=result.text, stats=stats)
@@ -363,7 +375,7 @@ def serve(options: WorkerOptions, model: str, kind: str, device: Optional[str] =
     install_signal_handlers(stop)
     worker = Worker(options, stop)
     try:
-        from .engine import load_engine
+        from fim_server.engine import load_engine
 
         t0 = time.perf_counter()
         engine = load_engine(kind, model, device=device, dtype=dtype, family=family, ar_model=ar_model)

@@ -29,7 +29,7 @@ import zmq
 import zmq.asyncio
 
 from .protocol import (
-    CancelMsg, ErrorCode, ErrorMsg, HealthMsg, InfillMsg, Msg, ProtocolError, ResponseMsg,
+    CancelMsg, CloseMsg, ErrorCode, ErrorMsg, HealthMsg, InfillMsg, Msg, ProtocolError, ResponseMsg,
     StatsMsg, decode, encode,
 )
 
@@ -100,10 +100,12 @@ class WorkerClient:
     async def cancel(self, id: Optional[str] = None, doc_key: Optional[str] = None) -> None:
         """Ask the worker to drop a request (this client's id) or all requests of a document.
         No reply of its own: the cancelled request is answered with cancelled=True."""
-        msg = CancelMsg(id=id, doc_key=doc_key)
-        self._check_open()
-        self._ensure_socket()
-        await asyncio.wait_for(self._socket.send(encode(msg)), 1.0)
+        await self._send_one(CancelMsg(id=id, doc_key=doc_key))
+
+    async def close_document(self, doc_key: str) -> None:
+        """The document was closed: the worker stops this client's requests for it and frees
+        what it cached for it (prompt KV, the last completion). No reply."""
+        await self._send_one(CloseMsg(doc_key=doc_key))
 
     async def stats(self, deadline_s: float = 2.0) -> dict[str, Any]:
         reply = await self._call(HealthMsg(id=self._new_id()), deadline_s)
@@ -112,6 +114,7 @@ class WorkerClient:
         return reply.stats
 
     def close(self) -> None:
+        """Close the client (not a document: see close_document)."""
         self._closed = True
         self._reset(WorkerUnavailable("the client was closed"))
 
@@ -122,6 +125,12 @@ class WorkerClient:
         self.close()
 
     # ---------------------------------------------------------------- request / reply
+
+    async def _send_one(self, msg: Msg) -> None:
+        """Send a message that has no reply of its own."""
+        self._check_open()
+        self._ensure_socket()
+        await asyncio.wait_for(self._socket.send(encode(msg)), 1.0)
 
     async def _call(self, msg: Msg, deadline_s: float) -> Msg:
         """Send msg and wait for its reply, retrying retryable errors within deadline_s."""
@@ -228,9 +237,6 @@ class SyncWorkerClient:
 
     def infill(self, prefix: str, suffix: str, **kwargs: Any) -> ResponseMsg:
         return self._loop.run_until_complete(self._client.infill(prefix, suffix, **kwargs))
-
-    def cancel(self, id: Optional[str] = None, doc_key: Optional[str] = None) -> None:
-        self._loop.run_until_complete(self._client.cancel(id=id, doc_key=doc_key))
 
     def stats(self, deadline_s: float = 2.0) -> dict[str, Any]:
         return self._loop.run_until_complete(self._client.stats(deadline_s))

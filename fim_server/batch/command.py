@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..config import DecodeConfig
+from fim_server.wire.options import DecodeConfig
 from .inputs import Inputs, load_tasks, scan
 from .journal import Journal, atomic_write, remove_stale_temps
 from .outputs import FileWriter, count, emit, hole_messages, hole_records, print_summary, truncated, unified_diff
@@ -125,11 +125,9 @@ def options_from_args(args: argparse.Namespace, usage_error) -> InfillOptions:
                          progress=not args.no_progress)
 
 
-def command(args: argparse.Namespace) -> int:
-    from ..cli import UsageError, decode_config
-
+def command(args: argparse.Namespace, config: DecodeConfig, UsageError: type[Exception]) -> int:
+    """`fim-server infill`: the cli parsed the flags into `config`; bad input raises UsageError."""
     options = options_from_args(args, UsageError)
-    config = decode_config(args)
     spec = engine_spec(args)
     fp = fingerprint(spec["kind"], spec["model"], spec["family"], spec["dtype"], config,
                      **({"ar_model": spec["ar_model"]} if "ar_model" in spec else {}))
@@ -148,8 +146,7 @@ def command(args: argparse.Namespace) -> int:
 def engine_spec(args: argparse.Namespace) -> dict:
     """load_engine's keyword arguments, models resolved as `complete` resolves them (the bundled
     model by path; the speculative engine also takes its AR verifier)."""
-    from ..cli import resolve_model
-    from ..models.loader import bundled_path
+    from fim_server.models.loader import bundled_path, resolve_model
 
     model, _ = resolve_model(args.model, args.engine)
     spec = {"kind": args.engine, "model": model or str(bundled_path(args.engine)), "family": args.family,
@@ -161,7 +158,7 @@ def engine_spec(args: argparse.Namespace) -> dict:
 
 
 def _local_runner(args, spec: dict, config, usage_error) -> LocalRunner:
-    from ..engine import load_engine
+    from fim_server.engine import load_engine
 
     if args.threads:
         import torch
@@ -175,7 +172,7 @@ def _local_runner(args, spec: dict, config, usage_error) -> LocalRunner:
 
 def _ray_runner(args, spec: dict, config, usage_error):
     try:
-        from ..infill_ray import RayRunner, connect
+        from .ray_runner import RayRunner, connect
     except ImportError as exc:
         raise usage_error(f"--ray needs Ray: pip install 'fim-server[ray]' ({exc})") from None
     try:

@@ -19,8 +19,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .config import DecodeConfig
-from .protocol import InfillMsg
+from fim_server.wire.options import DecodeConfig
+from fim_server.wire.protocol import InfillMsg
 
 # Why a running job was stopped; None while it should run to the end.
 SUPERSEDED = "superseded"   # a newer request for the same document arrived

@@ -27,9 +27,9 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
 from .data import ExampleSampler, collect_sources, iter_texts
-from .machine import cpu_model
-from .models.family import BUNDLED_SPECIAL_TOKENS
-from .models.random_init import train_bpe, wrap_tokenizer
+from fim_server.measure import cpu_model
+from fim_server.models.family import BUNDLED_SPECIAL_TOKENS
+from fim_server.models.random_init import train_bpe, wrap_tokenizer
 
 
 @dataclass(frozen=True)

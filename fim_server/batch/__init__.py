@@ -2,7 +2,7 @@
 locally or on a Ray cluster (fim_server.infill_ray), with a resume journal and atomic writes."""
 
 from .holes import MARKER, Hole, context, fill, find_holes
-from .main import fingerprint, infill
+from .command import fingerprint, infill
 from .run import InfillOptions, LocalRunner, run_batch
 
 __all__ = ["MARKER", "Hole", "find_holes", "context", "fill", "InfillOptions", "LocalRunner",

@@ -1,14 +1,11 @@
-"""Transport security: which bind addresses are safe without keys, and ZeroMQ CURVE set-up.
-
-The worker executes requests from anyone who can reach its socket, so it only listens
-unauthenticated on loopback TCP or an ipc:// path (guarded by file permissions). Any other
-address needs CURVE: the traffic is encrypted and only the listed client keys get in.
+"""Transport security: ZeroMQ CURVE set-up, and the check that refuses to bind a non-loopback
+address without it (addresses.is_loopback says which are safe). With CURVE the traffic is
+encrypted and only the listed client keys get in.
 No torch here: the client imports this module too.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Optional
 
@@ -16,32 +13,11 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from .addresses import is_loopback
+
 
 class InsecureBind(ValueError):
     """A non-loopback address was asked for without CURVE keys."""
-
-
-def tcp_host(address: str) -> Optional[str]:
-    """The host part of tcp://HOST:PORT (brackets of [v6] removed), None for other transports."""
-    if not address.startswith("tcp://"):
-        return None
-    host = address[len("tcp://"):].rpartition(":")[0]
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
-
-
-def is_loopback(address: str) -> bool:
-    """True for ipc:// and inproc:// and for TCP on 127.0.0.0/8, ::1 or localhost."""
-    if address.startswith(("ipc://", "inproc://")):
-        return True
-    host = tcp_host(address)
-    if host is None:
-        return False                     # pgm, udp, ...: never without keys
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False                     # "*", an interface name or a host name
 
 
 def check_bind(address: str, secret_key: Optional[str], public_keys: Optional[str]) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..config import DecodeConfig
+from fim_server.wire.options import DecodeConfig
 from .types import InfillRequest, InfillResult, ShouldStop
 
 WARMUP_REQUEST = InfillRequest("def f(x):\n    return ", "\n")

@@ -21,8 +21,8 @@ from typing import Iterator, Optional, Protocol
 
 from tqdm import tqdm
 
-from ..config import DecodeConfig
-from ..engine.types import InfillRequest
+from fim_server.wire.options import DecodeConfig
+from fim_server.engine.types import InfillRequest
 from . import holes as H
 from .holes import MARKER
 from .inputs import Inputs, SourceFile, Task

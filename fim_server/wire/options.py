@@ -1,0 +1,189 @@
+"""Decoding options: one frozen dataclass that travels with every request, and the one parser
+every front-end uses to build it (wire requests, LSP settings, command-line flags, bench specs).
+
+    apply(base, {"threshold": 0.7})          -> DecodeConfig, or OptionError naming the option
+    check_each({"threshold": 2, "cache": "dual"}) -> (the usable ones, one problem line per bad one)
+    parse_text("kv_shift", "off")            -> False   (flag and bench values arrive as text)
+    add_arguments(parser) / from_arguments(args): a --flag per option
+
+No torch here: the language server imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+ENGINES = ("diffusion", "ar", "speculative")
+CACHE_MODES = ("none", "prefix", "dual")
+UNMASK_RULES = ("threshold", "factor", "eb")
+LENGTH_POLICIES = ("auto", "expand", "fixed")
+
+
+def option(default: Any, help: str, choices: tuple[str, ...] = (), lo: float = 0, hi: float = 0) -> Any:
+    """A DecodeConfig field: its default, one line of help, and its allowed values."""
+    return field(default=default, metadata={"help": help, "choices": choices, "range": (lo, hi)})
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    engine: str = option("diffusion", "diffusion | ar | speculative (diffusion drafts, AR verifies)", ENGINES)
+    max_tokens: int = option(64, "cap on middle tokens (the canvas never grows past it)", lo=1, hi=4096)
+    single_line: bool = option(False, "stop at the end of the first line of the middle")
+    temperature: float = option(0.0, "0 = greedy", lo=0.0, hi=10.0)
+    seed: int = option(0, "used only when temperature > 0", lo=-(1 << 63), hi=(1 << 63) - 1)
+    context_tokens: int = option(0, "prefix + suffix budget in tokens; 0 = the model's own limit", lo=0, hi=1 << 20)
+    kv_reuse: bool = option(True, "reuse the KV of the tokens a request shares with the document's previous one")
+    # diffusion only
+    block_size: int = option(8, "semi-autoregressive block length (canvas positions); 8 measured faster and "
+                                "better than 32 with the bundled twin (bench/results/modes-*)", lo=1, hi=4096)
+    cache: str = option("dual", "none | prefix | dual", CACHE_MODES)
+    refresh_every: int = option(0, "recompute the cache every N steps inside a block; 0 = at block start only",
+                                lo=0, hi=1 << 20)
+    kv_shift: bool = option(True, "dual: after an expand/delete in the block, re-rotate the cached keys behind "
+                                  "it to their new positions instead of a full refresh (plain-RoPE models)")
+    unmask: str = option("threshold", "threshold | factor | eb", UNMASK_RULES)
+    threshold: float = option(0.9, "tau: commit every masked position with confidence >= tau", lo=0.0, hi=1.0)
+    factor: float = option(1.0, "f: commit the largest n with c_(n) >= 1 - f / (n + 1)", lo=0.0, hi=64.0)
+    eb_gamma: float = option(0.1, "eb: commit the most confident while their entropy sum less the largest "
+                                  "<= gamma (nats)", lo=0.0, hi=1000.0)
+    early_commit: float = option(0.0, "commit the whole block once every masked top1 - top2 probability gap "
+                                      ">= this; 0 = off", lo=0.0, hi=1.0)
+    length: str = option("auto", "auto (expand if the model can) | expand | fixed (over-allocate + end fill)",
+                         LENGTH_POLICIES)
+    initial_length: int = option(16, "starting canvas for the expand/delete policy", lo=1, hi=4096)
+    max_steps: int = option(0, "hard cap on denoising steps per request; 0 = 4 * max_tokens", lo=0, hi=1 << 20)
+    end_guard: bool = option(True, "end/delete tokens only at the first undecided slot, after >= 1 token: a "
+                                   "settled end closes the middle (prevents the end-token over-commit collapse)")
+    # speculative only (the diffusion options above shape the draft)
+    draft_length: int = option(4, "speculative: middle tokens the diffusion coder drafts per AR verification",
+                               lo=1, hi=4096)
+    draft_steps: int = option(1, "speculative: denoising steps per draft at most (the last commits what is left)",
+                              lo=1, hi=4096)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check(f, getattr(self, f.name))
+
+    @property
+    def step_cap(self) -> int:
+        return self.max_steps or 4 * self.max_tokens + 8
+
+    def replace(self, **changes: Any) -> "DecodeConfig":
+        """A copy with `changes` applied; unknown option names raise OptionError."""
+        unknown = sorted(set(changes) - set(FIELDS))
+        if unknown:
+            raise OptionError(unknown[0], f"unknown decoding option(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(DecodeConfig)}
+TYPES: dict[str, type] = {name: type(f.default) for name, f in FIELDS.items()}
+
+
+class OptionError(ValueError):
+    """A decoding option that cannot be used; `name` is the option."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.name = name
+
+
+def _check(f: dataclasses.Field, value: Any) -> None:
+    """Type, choices and range of one field's value (the dataclass runs it on every field)."""
+    expected = TYPES.get(f.name, type(f.default))
+    choices, (lo, hi) = f.metadata["choices"], f.metadata["range"]
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise OptionError(f.name, f"{f.name} must be true or false; got {value!r}"[:200])
+    elif expected is str:
+        if value not in choices:
+            raise OptionError(f.name, f"{f.name} must be one of {', '.join(choices)}; got {value!r}"[:200])
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OptionError(f.name, f"{f.name} must be a number; got {type(value).__name__}")
+    elif expected is int and value != int(value):
+        raise OptionError(f.name, f"{f.name} must be a whole number; got {value}")
+    elif not lo <= value <= hi:
+        raise OptionError(f.name, f"{f.name} must be in [{lo}, {hi}]; got {value}")
+
+
+# ---------------------------------------------------------------- the one parser
+
+
+def coerce(name: str, value: Any) -> Any:
+    """A value as the option's type: an int is taken for a float option; bools are never
+    numbers and nothing else is converted. Raises OptionError."""
+    if name not in FIELDS:
+        raise OptionError(name, f"unknown decoding option {name!r}")
+    expected = TYPES[name]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not expected:
+        raise OptionError(name, f"decoding option {name!r} must be {expected.__name__}; "
+                                f"got {type(value).__name__}")
+    return value
+
+
+def apply(base: DecodeConfig, changes: Mapping[str, Any]) -> DecodeConfig:
+    """`base` with `changes`; raises OptionError for the first option that is unknown, of the
+    wrong type or out of range."""
+    values = {name: coerce(name, changes[name]) for name in sorted(changes)}
+    return base.replace(**values)
+
+
+def check_each(changes: Mapping[str, Any], base: DecodeConfig | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Each option checked on its own against `base`: (the usable ones, a line per bad one)."""
+    base = base or DecodeConfig()
+    kept: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, value in changes.items():
+        try:
+            kept[name] = apply(base, {name: value}).to_dict()[name]
+        except OptionError as exc:
+            problems.append(f"{name}: {exc}")
+    return kept, problems
+
+
+def parse_text(name: str, text: str) -> Any:
+    """An option's value from text ("0.7", "off", "dual"); raises OptionError."""
+    if name not in FIELDS:
+        raise OptionError(name, f"{name}: not a decoding option; known: {', '.join(FIELDS)}")
+    kind, text = TYPES[name], text.strip()
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise OptionError(name, f"{name}: {text!r} is not true/false")
+    try:
+        value = kind(text)
+    except ValueError:
+        raise OptionError(name, f"{name}: {text!r} is not a {kind.__name__}") from None
+    _check(FIELDS[name], value)
+    return value
+
+
+# ---------------------------------------------------------------- command-line flags
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """A --flag per option (--block-size, --kv-shift/--no-kv-shift, ...), defaults from DecodeConfig."""
+    for name, f in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        kind, help = TYPES[name], f.metadata["help"]
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help)
+        elif f.metadata["choices"]:
+            parser.add_argument(flag, choices=f.metadata["choices"], default=f.default, help=help)
+        else:
+            parser.add_argument(flag, type=kind, default=f.default, help=help)
+
+
+def from_arguments(args: argparse.Namespace) -> DecodeConfig:
+    """The DecodeConfig of parsed flags; raises OptionError."""
+    return DecodeConfig(**{name: getattr(args, name) for name in FIELDS})

@@ -1,0 +1,104 @@
+"""Start `fim-server serve` as a child process and wait for it to say `ready ADDRESS`.
+
+A worker prints exactly one line on stdout, `ready <endpoint>`, once its model is loaded and
+warm; everything else goes to its log (stderr). That line is the readiness signal every
+spawner waits for: the language server (asyncio), the benches and the tests (blocking).
+No torch here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+READY = "ready "
+READY_TIMEOUT_S = 180.0                       # model load and warm-up
+MODULE_COMMAND = (sys.executable, "-m", "fim_server.cli")
+
+
+def serve_command(address: str, *, engine: Optional[str] = None, model: Optional[str] = None,
+                  ar_model: Optional[str] = None, threads: int = 0, extra: Sequence[str] = (),
+                  program: Sequence[str] = MODULE_COMMAND) -> list[str]:
+    """The command line of a worker on `address` (the AR verifier only for speculative)."""
+    cmd = [*program, "serve", "--bind", address]
+    if engine:
+        cmd += ["--engine", engine]
+    if model:
+        cmd += ["--model", model]
+    if ar_model and engine == "speculative":
+        cmd += ["--ar-model", ar_model]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    return [*cmd, *extra]
+
+
+def child_env(threads: int = 0) -> dict[str, str]:
+    """The environment of a spawned worker: OpenMP gets the same thread count as torch."""
+    return {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+
+
+def ready_address(line: str | bytes) -> Optional[str]:
+    """The endpoint of a `ready ADDRESS` line, None for any other line."""
+    text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+    return text[len(READY):].strip() if text.startswith(READY) else None
+
+
+async def wait_ready_async(stdout: asyncio.StreamReader) -> Optional[str]:
+    """The endpoint once the worker says it is ready; None if its stdout closes first."""
+    while True:
+        line = await stdout.readline()
+        if not line:
+            return None
+        address = ready_address(line)
+        if address is not None:
+            return address
+
+
+def wait_ready(proc: subprocess.Popen, log: Path, timeout: float = READY_TIMEOUT_S) -> str:
+    """The endpoint from the worker's ready line (stdout in text mode); the worker is killed and
+    its log raised when it exits or stays silent for `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if select.select([proc.stdout], [], [], 0.2)[0]:
+            line = proc.stdout.readline()
+            address = ready_address(line)
+            if address is not None:
+                return address
+            if not line and proc.poll() is not None:
+                break
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"the worker did not get ready; its log:\n{log.read_text()[-3000:]}")
+
+
+class SpawnedWorker:
+    """A blocking spawner: starts the worker, returns once it is ready; `stop` ends it."""
+
+    def __init__(self, address: str, log_path: Path, *, timeout: float = READY_TIMEOUT_S, **command):
+        threads = command.get("threads", 0)
+        self.log_path = Path(log_path)
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(serve_command(address, **command), stdout=subprocess.PIPE,
+                                         stderr=log, text=True, env=child_env(threads))
+        self.address = wait_ready(self.proc, self.log_path, timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal the worker and wait for it; killed (and TimeoutExpired raised) past `timeout`."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
