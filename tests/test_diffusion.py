@@ -29,7 +29,7 @@ def reference_decode(engine, req, length, block, tau=1.0):
     end tokens may only be proposed at the first undecided slot (the end guard)."""
     ids, model = engine.ids, engine.model
     bos = [ids.bos] if ids.bos is not None else []
-    row, _ = engine._start(req, DecodeConfig(length="fixed", max_tokens=length))
+    row = engine.start(req, DecodeConfig(length="fixed", max_tokens=length))
     lead, suffix = row.lead, row.suffix
     canvas = [ids.mask] * length
     banned = [i for i in ids.banned if i < model.config.vocab_size] + [ids.expand]
@@ -87,7 +87,7 @@ def test_cache_refreshed_every_step_equals_no_cache(engine, mode, length):
 def test_cached_block_forward_matches_full_forward(engine, mode):
     """With a fresh cache, running only the active positions gives the full forward's logits."""
     cfg = DecodeConfig(cache=mode, max_tokens=16, block_size=6, length="fixed")
-    rows = [engine._start(r, cfg)[0] for r in REQUESTS]
+    rows = [engine.start(r, cfg) for r in REQUESTS]
     for row in rows:                                       # commit a few tokens so the state is not trivial
         row.canvas[0] = row.canvas[3] = 100
     full, _ = engine._predict(rows, cfg)                   # refresh: full forward, captures KV
@@ -151,13 +151,13 @@ def test_expand_edit_keeps_cached_logits_exact(engine, mode):
     the way every commit makes it stale (deeper prefix layers attend to the block), like Fast-dLLM.
     (With kv_shift, dual moves its cached keys instead: tests/test_kv_shift.py.)"""
     cfg = DecodeConfig(cache=mode, max_tokens=16, initial_length=6, block_size=8, length="expand", kv_shift=False)
-    row = engine._start(REQUESTS[0], cfg)[0]
+    row = engine.start(REQUESTS[0], cfg)
     engine._predict([row], cfg)
     row.commit([1], [engine.ids.expand], mode)
     assert len(row.canvas) == 7 and row.block_end == 7
     assert row.needs_refresh(0) == (mode == "dual")
     got, _ = engine._predict([row], cfg)
-    fresh = engine._start(REQUESTS[0], cfg)[0]
+    fresh = engine.start(REQUESTS[0], cfg)
     fresh.canvas, fresh.block_end = list(row.canvas), row.block_end
     want, _ = engine._predict([fresh], cfg.replace(cache="none"))
     assert got.shape == want.shape

@@ -50,6 +50,16 @@ def test_store_evicts_the_least_recently_used_document():
     assert len(store) == 2
 
 
+def test_forget_drops_a_closed_document_at_once():
+    store = PrefixStore(capacity=4)
+    store.store("a", [1, 2], kv(2))
+    store.store("b", [1], kv(1))
+    store.forget("a")
+    store.forget("never stored")                   # closing a document without KV is fine
+    assert store.lookup("a", [1, 2], limit=2) == (0, None)
+    assert "b" in store and len(store) == 1
+
+
 # ---------------------------------------------------------------- diffusion
 
 @pytest.fixture(scope="module", params=[False, True], ids=["unshifted", "shifted"])
@@ -66,12 +76,12 @@ def test_reused_lead_kv_gives_the_full_forward_exactly(dlm, mode):
     dlm.kv_store = PrefixStore()
     cfg = DecodeConfig(cache=mode, max_tokens=12, block_size=6, length="fixed")
     req = InfillRequest(PREFIX, SUFFIX, key="doc")
-    first, _ = dlm._start(req, cfg)
+    first = dlm.start(req, cfg)
     first.canvas[0] = first.canvas[2] = 100
     full = dlm._full_forward([first], capture=True, mode=mode)[id(first)]
     n = first.lead_kv.length
     assert n >= len(first.lead) - 1
-    again, _ = dlm._start(InfillRequest(PREFIX, SUFFIX), cfg)
+    again = dlm.start(InfillRequest(PREFIX, SUFFIX), cfg)
     again.canvas = list(first.canvas)
     again.past = first.lead_kv.head(n - 3)          # reuse all but the last 3 lead positions
     reused = dlm._full_forward([again], capture=True, mode=mode)[id(again)]
@@ -87,8 +97,8 @@ def test_follow_up_reuses_the_shared_lead(dlm):
     first = dlm.infill([InfillRequest(PREFIX, SUFFIX, key="doc")], cfg)[0]
     assert first.stats.reused_tokens == 0
     for typed in TYPING[:3]:
-        row, _ = dlm._start(InfillRequest(PREFIX + typed, SUFFIX), cfg)
-        stored = dlm.kv_store._entries["doc"].ids
+        row = dlm.start(InfillRequest(PREFIX + typed, SUFFIX), cfg)
+        stored = dlm.kv_store._entries.get("doc").ids
         result = dlm.infill([InfillRequest(PREFIX + typed, SUFFIX, key="doc")], cfg)[0]
         assert 0 < result.stats.reused_tokens == min(common_prefix(stored, row.lead), len(row.lead) - dlm.shifted)
         assert result.stats.reused_tokens >= len(row.lead) - 8          # typing changes only the end
@@ -129,6 +139,19 @@ def test_ar_follow_ups_equal_cold_requests_token_for_token(ar):
         assert warm.stats.reused_tokens > warm.stats.prompt_tokens // 2
         assert cold.stats.reused_tokens == 0
         assert warm.token_ids == cold.token_ids
+
+
+@pytest.mark.parametrize("kind", ["ar", "diffusion"])
+def test_engine_forgets_a_closed_document(kind, ar, dlm):
+    engine = ar if kind == "ar" else dlm
+    engine.kv_store = PrefixStore()
+    cfg = DecodeConfig(engine=kind, max_tokens=4, length="fixed")
+    engine.infill([InfillRequest(PREFIX, SUFFIX, key="doc"), InfillRequest(PREFIX, SUFFIX, key="other")], cfg)
+    assert engine.cached_documents() == 2
+    engine.forget("doc")
+    assert engine.cached_documents() == 1
+    again = engine.infill([InfillRequest(PREFIX + "s", SUFFIX, key="doc")], cfg)[0]
+    assert again.stats.reused_tokens == 0                          # computed from scratch
 
 
 def test_ar_batch_mixing_reused_and_fresh_rows_equals_single_runs(ar):

@@ -158,7 +158,7 @@ def test_always_right_draft_needs_far_fewer_ar_forwards(twins):
     end = ar.ids.end_of_middle[0]
     full = {}                                            # AR prompt -> its greedy continuation
     for req, w in zip(REQUESTS, want):
-        row = engine._start(req, SPEC)
+        row = engine.start(req, SPEC)
         full[tuple(row.prompt)] = w.token_ids + ([end] if w.stats.stop_reason in ("end", "empty") else [])
     scripted_drafts(engine, lambda row, n: full[tuple(row.prompt)][len(row.ids):len(row.ids) + n])
     config = SPEC.replace(draft_length=6)
@@ -197,7 +197,7 @@ def test_rollback_keeps_exactly_the_accepted_tokens(twins64, right_per_round):
     engine = SpeculativeEngine(draft, ar)
     config = SPEC.replace(max_tokens=40)
     rounds = [[r] for r in right_per_round] if isinstance(right_per_round[0], int) else list(zip(*right_per_round))
-    rows = [engine._start(req, config) for req in REQUESTS[:len(rounds[0])]]
+    rows = [engine.start(req, config) for req in REQUESTS[:len(rounds[0])]]
     cache = ARCache(ar)
     cache.prefill(rows)
     assert cache.length() == max(len(r.prompt) - 1 for r in rows)

@@ -202,6 +202,17 @@ async def test_reuse_when_typing_the_completion(worker, client):
     assert third.stats["reused"] is False and third.stats["nfe"] > 0
 
 
+async def test_closing_a_document_frees_its_caches(worker, client):
+    first = await client.infill(PREFIX, "\n", doc_key="closing", deadline_s=20, **FAST)
+    assert len(first.text) >= 2, "the random model must produce something to type"
+    held = (await client.stats())["kv_documents"]
+    assert held >= 1
+    await client.close_document("closing")
+    assert (await client.stats())["kv_documents"] == held - 1      # its prompt KV is gone
+    typed = await client.infill(PREFIX + first.text[:1], "\n", doc_key="closing", deadline_s=20, **FAST)
+    assert typed.stats["reused"] is False and typed.stats["nfe"] > 0   # and so is its last completion
+
+
 # ---------------------------------------------------------------- cancellation
 
 

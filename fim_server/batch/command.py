@@ -13,7 +13,7 @@ from fim_server.wire.options import DecodeConfig
 from .inputs import Inputs, load_tasks, scan
 from .journal import Journal, atomic_write, remove_stale_temps
 from .outputs import FileWriter, count, emit, hole_messages, hole_records, print_summary, truncated, unified_diff
-from .run import FAILED, FILLED, SKIPPED, InfillOptions, Job, LocalRunner, Runner, make_units
+from .run import FAILED, FILLED, SKIPPED, InfillJob, InfillOptions, LocalRunner, Runner, make_units
 
 STATE_DIR = ".fim-infill"         # journal.jsonl + summary.json; under --out when there is one
 
@@ -65,7 +65,7 @@ def infill(paths: list[Path], tasks: Optional[Path], runner: Runner, fp: str,
     clean_targets(inputs, options)
     writer = FileWriter(options)
     units = make_units(inputs)
-    job = Job(units, runner, fp, options, journal, on_unit_done=writer)
+    job = InfillJob(units, runner, fp, options, journal, on_unit_done=writer)
     job.run()
     emit(options.diff, unified_diff(units))
     emit(options.jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in hole_records(units)))
@@ -77,7 +77,7 @@ def infill(paths: list[Path], tasks: Optional[Path], runner: Runner, fp: str,
     return summary
 
 
-def make_summary(inputs: Inputs, units: list, job: Job, writer: FileWriter, journal: Journal,
+def make_summary(inputs: Inputs, units: list, job: InfillJob, writer: FileWriter, journal: Journal,
                  elapsed_s: float) -> dict:
     filled = count(units, FILLED)
     return {

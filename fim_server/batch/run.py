@@ -146,7 +146,7 @@ def make_batches(pending: list[Pending], size: int) -> list[list[Pending]]:
     return [ranked[i:i + size] for i in range(0, len(ranked), size)]
 
 
-class Job:
+class InfillJob:
     def __init__(self, units: list[Unit], runner: Runner, fingerprint: str, options: InfillOptions,
                  journal: Journal, on_unit_done=None):
         self.units, self.runner, self.fingerprint = units, runner, fingerprint

@@ -1,4 +1,9 @@
-"""Engines: text in, middle text plus stats out. `load_engine` picks one by kind."""
+"""Engines: text in, middle text plus stats out. `load_engine` picks one by kind.
+
+    base (start -> decode -> result) <- ar, diffusion, speculative (diffusion drafts, AR verifies)
+    layout (fit prefix/suffix to the budget), canvas (a diffusion row), unmask (what a step commits),
+    kv + prefix_store (block and cross-request KV), batching (padding), postprocess (the middle's text)
+"""
 
 from __future__ import annotations
 

@@ -13,20 +13,21 @@ positions whatever the padding: batch size 1 and batch N give the same tokens.
 from __future__ import annotations
 
 import inspect
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from transformers import DynamicCache
 
-from fim_server.wire.options import DecodeConfig
 from fim_server.models.loader import LoadedModel
-from .postprocess import line_complete, postprocess
+from fim_server.wire.options import DecodeConfig
+
+from .base import Engine, Timing
+from .batching import left_pad
 from .kv import RowKV, assemble
 from .layout import fit_context
+from .postprocess import line_complete
 from .prefix_store import PrefixStore
-from .base import RowEngine
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 
 
@@ -50,7 +51,7 @@ class _Row:
         self.stop_reason = reason
 
 
-class AREngine(RowEngine):
+class AREngine(Engine):
     kind = "ar"
 
     def __init__(self, lm: LoadedModel, kv_store: Optional[PrefixStore] = None):
@@ -67,8 +68,7 @@ class AREngine(RowEngine):
         # embedding rows past the tokenizer (padded vocabularies) are no token at all
         self.banned[len(self.tok):] = True
         self.special_tokens = len(self.prompt([], []))
-        takes_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
-        self.forward_kwargs = {"logits_to_keep": 1} if takes_keep else {}
+        self.takes_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self.kv_store = kv_store if kv_store is not None else PrefixStore()
 
     # ---------------------------------------------------------------- public
@@ -85,7 +85,7 @@ class AREngine(RowEngine):
 
     # ---------------------------------------------------------------- set-up and results
 
-    def _start(self, req: InfillRequest, config: DecodeConfig) -> _Row:
+    def start(self, req: InfillRequest, config: DecodeConfig) -> _Row:
         ctx = fit_context(self.tok, req.prefix, req.suffix, self.budget(config))
         stats = Stats(engine="ar", cache="", truncated=ctx.truncated,
                       prompt_tokens=len(ctx.prefix_ids) + len(ctx.suffix_ids))
@@ -95,26 +95,21 @@ class AREngine(RowEngine):
         stats.reused_tokens, row.past = self.kv_store.lookup(row.key, row.prompt, len(row.prompt) - 1)
         return row
 
-    def _result(self, row: _Row, req: InfillRequest, config: DecodeConfig, encode_ms: float,
-                decode_ms: float, t0: float) -> InfillResult:
-        text = postprocess(self.tok.decode(row.ids), req.prefix, req.suffix, config.single_line)
+    def result(self, row: _Row, req: InfillRequest, config: DecodeConfig, timing: Timing) -> InfillResult:
+        text = self.text(row.ids, req, config)
         stats = row.stats
         stats.nfe = stats.steps = row.nfe      # one token per forward
         stats.tokens = len(row.ids)
-        stats.encode_ms = round(encode_ms, 3)
-        stats.decode_ms = round(decode_ms, 3)
-        stats.cancelled = row.stop_reason == "cancelled"
-        stats.stop_reason = row.stop_reason if text or stats.cancelled else "empty"
-        stats.latency_ms = round((time.perf_counter() - t0) * 1000, 3)
-        return InfillResult(text=text, stats=stats.finish(), token_ids=list(row.ids))
+        return InfillResult(text=text, stats=self.close_stats(stats, text, row.stop_reason, timing),
+                            token_ids=list(row.ids))
 
     # ---------------------------------------------------------------- the loop
 
-    def _generate(self, rows: list[_Row], config: DecodeConfig, should_stop: Optional[ShouldStop]) -> None:
+    def decode(self, rows: list[_Row], config: DecodeConfig, should_stop: Optional[ShouldStop]) -> None:
         generator = None
         if config.temperature > 0:
             generator = torch.Generator(device=self.lm.device).manual_seed(config.seed)
-        self._poll(rows, should_stop)                 # requests may be cancelled before any forward
+        self.poll(rows, should_stop)                 # requests may be cancelled before any forward
         if all(r.done for r in rows):
             return
         input_ids, mask, positions, cache = self._prefill_inputs(rows)          # [B, T] each
@@ -125,8 +120,8 @@ class AREngine(RowEngine):
             for row, token in zip(rows, tokens.tolist()):
                 if not row.done:
                     row.nfe += 1
-                    self._take(row, token, config)
-            self._poll(rows, should_stop)
+                    self.take(row, token, config)
+            self.poll(rows, should_stop)
             if all(r.done for r in rows):
                 break
             finished = torch.tensor([r.done for r in rows], device=tokens.device)  # [B]
@@ -149,9 +144,16 @@ class AREngine(RowEngine):
         return self._forward(tokens, mask, positions, cache)
 
     def _forward(self, input_ids, mask, positions, cache) -> torch.Tensor:
+        return self.forward(input_ids, mask, positions, cache, last_only=True)[:, -1]   # [B, V]
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                cache: DynamicCache, last_only: bool = False) -> torch.Tensor:
+        """One causal forward of input_ids [B, T] (mask [B, past + T]) over the cache, which it
+        extends: logits [B, T, V], or [B, 1, V] for the last position only when `last_only`."""
+        extra = {"logits_to_keep": 1} if last_only and self.takes_keep else {}
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, **self.forward_kwargs)
-        return out.logits[:, -1]                                                # [B, V]
+                         past_key_values=cache, use_cache=True, **extra)
+        return out.logits[:, -1:] if last_only else out.logits
 
     def pick(self, logits: torch.Tensor, config: DecodeConfig,
              generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -162,7 +164,7 @@ class AREngine(RowEngine):
         probs = torch.softmax(logits / config.temperature, dim=-1)              # [B, V]
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
-    def _take(self, row: _Row, token: int, config: DecodeConfig) -> None:
+    def take(self, row: _Row, token: int, config: DecodeConfig) -> None:
         """Record one token of a running row and apply its stop rules."""
         if token in self.end_ids:
             return row.finish("end")            # cut there: the end token is not part of the middle
@@ -172,14 +174,6 @@ class AREngine(RowEngine):
         if len(row.ids) >= config.max_tokens:
             return row.finish("length")
 
-    @staticmethod
-    def _poll(rows: list[_Row], should_stop: Optional[ShouldStop]) -> None:
-        running = [i for i, r in enumerate(rows) if not r.done]
-        if should_stop is None or not running:
-            return
-        for i in set(should_stop(running)) & set(running):
-            rows[i].finish("cancelled")
-
     def _prefill_inputs(self, rows: list[_Row]):
         """Input ids, attention mask, position ids and the cache to prefill with.
 
@@ -188,7 +182,7 @@ class AREngine(RowEngine):
         input; the mask covers cache + input ([B, C + T]) and may have a gap of padding between
         them, which attention ignores. Positions continue from each row's reused length."""
         reused = [r.past.length if r.past is not None else 0 for r in rows]
-        input_ids, mask, positions = self._left_pad([r.prompt[n:] for r, n in zip(rows, reused)])
+        input_ids, mask, positions = left_pad([r.prompt[n:] for r, n in zip(rows, reused)], self.ids.pad, self.lm.device)
         if not any(reused):
             return input_ids, mask, positions, DynamicCache(config=self.model.config)
         cache, past_valid = assemble([r.past or RowKV.empty_like(self._any_past(rows)) for r in rows],
@@ -206,15 +200,3 @@ class AREngine(RowEngine):
             if row.key and not row.done:
                 slots = mask[b].nonzero().flatten()                  # [len(prompt)]
                 self.kv_store.store(row.key, row.prompt, RowKV.capture(cache, b, slots))
-
-    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prompts -> input ids, attention mask and position ids, each [B, T], left-padded."""
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.ids.pad, dtype=torch.long)   # [B, T]
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)                      # [B, T]
-        for b, p in enumerate(prompts):
-            input_ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[b, width - len(p):] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)                                 # [B, T]
-        dev = self.lm.device
-        return input_ids.to(dev), mask.to(dev), positions.to(dev)

@@ -1,28 +1,47 @@
-"""The request template the AR and speculative engines share: set every request up as a row,
-decode all rows together, then turn each row into a result. Subclasses give _start, _generate
-and _result; the timing split (encode = set-up per request, decode = the shared loop) is here."""
+"""The engine template every engine follows: set each request up as a row, decode all rows
+together, turn each row into a result.
+
+    infill(requests) = [start(r) for r] -> decode(rows) -> [result(row, r) for row, r]
+
+Subclasses give `start`, `decode` and `result` (public: the speculative engine drives its
+verifier through them). The timing split (encode = set-up per request, decode = the shared
+loop), cancellation polling, the common stats and forgetting a closed document live here.
+"""
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
 from fim_server.wire.options import DecodeConfig
-from .types import InfillRequest, InfillResult, ShouldStop
+
+from .postprocess import postprocess
+from .prefix_store import PrefixStore
+from .types import InfillRequest, InfillResult, ShouldStop, Stats
 
 WARMUP_REQUEST = InfillRequest("def f(x):\n    return ", "\n")
 
 
-class RowEngine(ABC):
+@dataclass(frozen=True)
+class Timing:
+    t0: float                 # perf_counter when the batch arrived
+    encode_ms: float          # set-up time per request
+    decode_ms: float          # the shared decoding loop
+
+
+class Engine(ABC):
     kind = ""
+    warmup_tokens = 4
+    kv_store: PrefixStore     # the prompt KV kept per document (cross-request reuse)
 
     def warmup(self) -> float:
         """One tiny request, so the first user request pays no first-use cost; seconds taken."""
         t0 = time.perf_counter()
-        self.infill([WARMUP_REQUEST], DecodeConfig(engine=self.kind, max_tokens=4))
+        self.infill([WARMUP_REQUEST], DecodeConfig(engine=self.kind, max_tokens=self.warmup_tokens))
         return time.perf_counter() - t0
 
     @torch.inference_mode()
@@ -31,22 +50,55 @@ class RowEngine(ABC):
         if not requests:
             return []
         t0 = time.perf_counter()
-        rows = [self._start(r, config) for r in requests]
+        rows = [self.start(r, config) for r in requests]
         t1 = time.perf_counter()
-        self._generate(rows, config, should_stop)
-        decode_ms = (time.perf_counter() - t1) * 1000
-        encode_ms = (t1 - t0) * 1000 / len(rows)
-        return [self._result(row, req, config, encode_ms, decode_ms, t0) for row, req in zip(rows, requests)]
+        self.decode(rows, config, should_stop)
+        timing = Timing(t0, (t1 - t0) * 1000 / len(rows), (time.perf_counter() - t1) * 1000)
+        return [self.result(row, req, config, timing) for row, req in zip(rows, requests)]
+
+    def forget(self, key: str) -> None:
+        """A document was closed: drop what was kept for it."""
+        self.kv_store.forget(key)
+
+    def cached_documents(self) -> int:
+        """Documents whose prompt KV is kept for their next request."""
+        return len(self.kv_store)
+
+    # ---------------------------------------------------------------- the three hooks
 
     @abstractmethod
-    def _start(self, req: InfillRequest, config: DecodeConfig) -> Any:
+    def start(self, req: InfillRequest, config: DecodeConfig) -> Any:
         """The request's row: prompt laid out, caches looked up."""
 
     @abstractmethod
-    def _generate(self, rows: list, config: DecodeConfig, should_stop: Optional[ShouldStop]) -> None:
+    def decode(self, rows: list, config: DecodeConfig, should_stop: Optional[ShouldStop]) -> None:
         """Decode every row together until each is done (or should_stop says so)."""
 
     @abstractmethod
-    def _result(self, row: Any, req: InfillRequest, config: DecodeConfig, encode_ms: float,
-                decode_ms: float, t0: float) -> InfillResult:
+    def result(self, row: Any, req: InfillRequest, config: DecodeConfig, timing: Timing) -> InfillResult:
         """The row's text (post-processed) and stats."""
+
+    # ---------------------------------------------------------------- shared by the hooks
+
+    @staticmethod
+    def poll(rows: list, should_stop: Optional[ShouldStop]) -> None:
+        """Finish the running rows (anything with `done` and `finish(reason)`) that should stop."""
+        running = [i for i, r in enumerate(rows) if not r.done]
+        if should_stop is None or not running:
+            return
+        for i in set(should_stop(running)) & set(running):
+            rows[i].finish("cancelled")
+
+    def text(self, ids: list[int], req: InfillRequest, config: DecodeConfig) -> str:
+        """The middle's text, post-processed once, here (fim_server.engine.postprocess)."""
+        return postprocess(self.tok.decode(ids), req.prefix, req.suffix, config.single_line)
+
+    @staticmethod
+    def close_stats(stats: Stats, text: str, stop_reason: str, timing: Timing) -> Stats:
+        """The fields every engine fills the same way; tokens per forward last."""
+        stats.encode_ms = round(timing.encode_ms, 3)
+        stats.decode_ms = round(timing.decode_ms, 3)
+        stats.cancelled = stop_reason == "cancelled"
+        stats.stop_reason = stop_reason if text or stats.cancelled else "empty"
+        stats.latency_ms = round((time.perf_counter() - timing.t0) * 1000, 3)
+        return stats.finish()

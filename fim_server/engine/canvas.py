@@ -12,6 +12,7 @@ from typing import Optional
 
 from fim_server.models.family import TokenIds
 from .kv import RowKV
+from .types import Stats
 
 
 @dataclass(eq=False)            # rows are told apart by identity (tensors inside do not compare)
@@ -39,6 +40,7 @@ class Canvas:
     nfe: int = 0
     steps: int = 0
     early_commits: int = 0         # steps where early commit took the whole block
+    stats: Optional[Stats] = None  # the request's stats (engine rows; a speculative draft has none)
 
     def __post_init__(self) -> None:
         self.block_end = min(self.block_size, len(self.canvas))

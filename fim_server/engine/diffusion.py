@@ -12,25 +12,32 @@ One step, for every running row of the batch:
 from __future__ import annotations
 
 import inspect
-import time
-from typing import Optional
+from functools import partial
+from typing import Callable, Optional
 
 import torch
 from transformers import DynamicCache
 
-from fim_server.wire.options import DecodeConfig
 from fim_server.models.loader import LoadedModel
-from .postprocess import line_complete, postprocess
+from fim_server.wire.options import DecodeConfig
+
+from .base import Engine, Timing
+from .batching import pad_batch
 from .canvas import Canvas
 from .kv import RowKV, assemble, rope_inv_freq, shift_keys
 from .layout import fit_context
+from .postprocess import line_complete
 from .prefix_store import PrefixStore
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 from .unmask import choose, make_rule
 
+# (conf [B, L], masked [B, L], probs [B, L, V]) -> (commit [B, L], early [B]): which positions a step commits
+Select = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
-class DiffusionEngine:
+
+class DiffusionEngine(Engine):
     kind = "diffusion"
+    warmup_tokens = 8
 
     def __init__(self, lm: LoadedModel, kv_store: Optional[PrefixStore] = None):
         if not lm.family.is_diffusion:
@@ -50,26 +57,6 @@ class DiffusionEngine:
         self.takes_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self.rope_inv_freq = rope_inv_freq(self.model)      # None: kv_shift falls back to refreshes
 
-    # ---------------------------------------------------------------- public
-
-    def warmup(self) -> float:
-        t0 = time.perf_counter()
-        self.infill([InfillRequest("def f(x):\n    return ", "\n")], DecodeConfig(max_tokens=8))
-        return time.perf_counter() - t0
-
-    @torch.inference_mode()
-    def infill(self, requests: list[InfillRequest], config: DecodeConfig,
-               should_stop: Optional[ShouldStop] = None) -> list[InfillResult]:
-        t0 = time.perf_counter()
-        rows, stats = zip(*(self._start(r, config) for r in requests)) if requests else ((), ())
-        t1 = time.perf_counter()
-        for s in stats:
-            s.encode_ms = round((t1 - t0) * 1000 / len(requests), 3)
-        self._decode(list(rows), config, should_stop)
-        decode_ms = (time.perf_counter() - t1) * 1000
-        return [self._result(row, req, st, config, decode_ms, t0)
-                for row, req, st in zip(rows, requests, stats)]
-
     # ---------------------------------------------------------------- set-up and results
 
     def expand_policy(self, config: DecodeConfig) -> bool:
@@ -78,7 +65,7 @@ class DiffusionEngine:
             raise ValueError(f"{self.lm.family.name} has no expand/delete tokens; use length=fixed")
         return config.length == "expand" or (config.length == "auto" and has_tokens)
 
-    def _start(self, req: InfillRequest, config: DecodeConfig) -> tuple[Canvas, Stats]:
+    def start(self, req: InfillRequest, config: DecodeConfig) -> Canvas:
         expand = self.expand_policy(config)
         limit = config.context_tokens or self.lm.context_tokens
         bos = [self.ids.bos] if self.ids.bos is not None else []
@@ -89,55 +76,62 @@ class DiffusionEngine:
         size = min(config.initial_length, config.max_tokens) if expand else config.max_tokens
         row = Canvas(lead=lead, canvas=[self.ids.mask] * size, suffix=ctx.suffix_ids, ids=self.ids,
                      expand_policy=expand, max_tokens=config.max_tokens, block_size=config.block_size,
-                     end_guard=config.end_guard)
-        stats = Stats(engine="diffusion", cache=config.cache, truncated=ctx.truncated,
-                      prompt_tokens=len(ctx.prefix_ids) + len(ctx.suffix_ids))
+                     end_guard=config.end_guard,
+                     stats=Stats(engine="diffusion", cache=config.cache, truncated=ctx.truncated,
+                                 prompt_tokens=len(ctx.prefix_ids) + len(ctx.suffix_ids)))
         if config.kv_reuse and config.cache != "none":
             row.key = req.key
             # the first block's window starts at the last lead position (shifted) or after the lead
             limit = len(lead) - (1 if self.shifted else 0)
-            stats.reused_tokens, row.past = self.kv_store.lookup(row.key, lead, limit)
-        return row, stats
+            row.stats.reused_tokens, row.past = self.kv_store.lookup(row.key, lead, limit)
+        return row
 
-    def _result(self, row: Canvas, req: InfillRequest, stats: Stats, config: DecodeConfig,
-                decode_ms: float, t0: float) -> InfillResult:
+    def result(self, row: Canvas, req: InfillRequest, config: DecodeConfig, timing: Timing) -> InfillResult:
         ids = row.middle_ids()
-        raw = self.tok.decode(ids)
-        text = postprocess(raw, req.prefix, req.suffix, config.single_line)
+        text = self.text(ids, req, config)
+        stats = row.stats
         stats.nfe, stats.steps, stats.tokens = row.nfe, row.steps, len(ids)
         stats.early_commits = row.early_commits
-        stats.decode_ms = round(decode_ms, 3)
-        stats.cancelled = row.stop_reason == "cancelled"
-        stats.stop_reason = row.stop_reason if text or row.stop_reason == "cancelled" else "empty"
-        stats.latency_ms = round((time.perf_counter() - t0) * 1000, 3)
+        self.close_stats(stats, text, row.stop_reason, timing)
         if row.key and row.lead_kv is not None and not stats.cancelled:
             self.kv_store.store(row.key, row.lead[:row.lead_kv.length], row.lead_kv.clone())
-        return InfillResult(text=text, stats=stats.finish(), token_ids=ids)
+        return InfillResult(text=text, stats=stats, token_ids=ids)
 
     # ---------------------------------------------------------------- the loop
 
-    def _decode(self, rows: list[Canvas], config: DecodeConfig, should_stop: Optional[ShouldStop]) -> None:
-        rule = make_rule(config)
+    def decode(self, rows: list[Canvas], config: DecodeConfig, should_stop: Optional[ShouldStop]) -> None:
+        select = self.selector(config)
         generator = torch.Generator(device=self.lm.device).manual_seed(config.seed)
         for _ in range(config.step_cap):
-            running = [i for i, r in enumerate(rows) if not r.done]
-            if should_stop and running:
-                for i in should_stop(running):
-                    rows[i].finish("cancelled")
-            active = [rows[i] for i in running if not rows[i].done]
+            self.poll(rows, should_stop)
+            active = [r for r in rows if not r.done]
             if not active:
                 return
-            tokens, conf, probs, masked = self.propose(active, config, generator)   # [B, L] x2, [B, L, V], [B, L]
-            commit, early = choose(rule, conf, masked, probs, config.early_commit)   # [B, L], [B]
-            for b, row in enumerate(active):
-                row.nfe += 1
-                row.early_commits += int(early[b])
-                pos = commit[b].nonzero().flatten().tolist()
-                row.commit(pos, tokens[b, pos].tolist(), config.cache)
+            self.step(active, config, generator, select)
+            for row in active:
                 self._check_stop(row, config)
         for row in rows:
             if not row.done:
                 row.finish("steps")
+
+    @staticmethod
+    def selector(config: DecodeConfig) -> Select:
+        """The configured unmask rule, with early commit on top (unmask.choose)."""
+        return partial(choose, make_rule(config), early_commit=config.early_commit)
+
+    def step(self, rows: list[Canvas], config: DecodeConfig, generator: torch.Generator,
+             select: Select) -> tuple[torch.Tensor, torch.Tensor]:
+        """One denoising step of every row: propose, select (>= 1 position per row), commit.
+        Returns what was committed ([B, L] bool) and the distributions proposed ([B, L, V]);
+        the stop rules are the caller's (the engine's loop, or the speculative drafter)."""
+        tokens, conf, probs, masked = self.propose(rows, config, generator)    # [B, L] x2, [B, L, V], [B, L]
+        commit, early = select(conf, masked, probs)                             # [B, L], [B]
+        for b, row in enumerate(rows):
+            row.nfe += 1
+            row.early_commits += int(early[b])
+            pos = commit[b].nonzero().flatten().tolist()
+            row.commit(pos, tokens[b, pos].tolist(), config.cache)
+        return commit, probs
 
     def propose(self, rows: list[Canvas], config: DecodeConfig, generator: torch.Generator
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -216,14 +210,9 @@ class DiffusionEngine:
         windows: per row, the query indices [start, end) whose logits are needed; the returned
         logits are [B, W, V] with row b's window at [0, end - start) (the rest is padding)."""
         dev = self.lm.device
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), self.ids.pad, dtype=torch.long, device=dev)    # [B, Q]
-        pos = torch.zeros((len(ids), width), dtype=torch.long, device=dev)                       # [B, Q]
-        q_valid = torch.zeros((len(ids), width), dtype=torch.bool, device=dev)                   # [B, Q]
-        for b, (x, p) in enumerate(zip(ids, positions)):
-            input_ids[b, :len(x)] = torch.tensor(x, device=dev)
-            pos[b, :len(p)] = torch.tensor(p, device=dev)
-            q_valid[b, :len(x)] = True
+        input_ids, q_valid = pad_batch(ids, self.ids.pad, dev)                                  # [B, Q] x2
+        pos, _ = pad_batch(positions, 0, dev)                                                   # [B, Q]
+        width = input_ids.shape[1]
         keys = q_valid if key_valid is None else torch.cat([key_valid, q_valid], dim=1)          # [B, K+Q]
         mask = keys[:, None, None, :].expand(-1, 1, width, -1)                                  # [B, 1, Q, K+Q]
         span = max(e - s for s, e in windows)

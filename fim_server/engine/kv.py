@@ -40,11 +40,6 @@ class RowKV:
     def clone(self) -> "RowKV":
         return RowKV([(k.clone(), v.clone()) for k, v in self.layers])
 
-    def then(self, other: "RowKV") -> "RowKV":
-        """This row's positions followed by `other`'s."""
-        return RowKV([(torch.cat([k1, k2], dim=1), torch.cat([v1, v2], dim=1))
-                      for (k1, v1), (k2, v2) in zip(self.layers, other.layers)])
-
 
 def assemble(rows: list[RowKV], config, left_pad: bool = False) -> tuple[DynamicCache, torch.Tensor]:
     """Stack row caches, right-padded (left-padded for the AR engine's left-padded batches):

@@ -13,9 +13,9 @@ longest common token prefix and computes only the rest.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
+
+from fim_server.lru import LRU
 
 from .kv import RowKV
 
@@ -35,38 +35,34 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class PrefixStore:
-    """Per-document leading-token KV, least recently used documents evicted past `capacity`."""
+    """Per-document leading-token KV, least recently used documents evicted past `capacity`.
+    Thread-safe: the worker's compute thread stores, its socket thread forgets closed documents."""
 
     def __init__(self, capacity: int = 16):
-        self.capacity = capacity
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._lock = threading.Lock()     # the worker's compute thread and its stats readers
+        self._entries: LRU[str, _Entry] = LRU(capacity)
 
     def lookup(self, key: str, ids: list[int], limit: int) -> tuple[int, RowKV | None]:
         """(n, KV of ids[:n]) for the longest prefix of `ids` stored under `key`, n <= limit."""
         if not key or limit <= 0:
             return 0, None
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return 0, None
-            self._entries.move_to_end(key)
+        entry = self._entries.get(key)
+        if entry is None:
+            return 0, None
         n = min(common_prefix(entry.ids, ids), limit)
         return (n, entry.kv.head(n)) if n > 0 else (0, None)
 
     def store(self, key: str, ids: list[int], kv: RowKV) -> None:
-        if not key or self.capacity <= 0 or not ids:
+        if not key or not ids:
             return
         assert kv.length == len(ids), (kv.length, len(ids))
-        with self._lock:
-            self._entries[key] = _Entry(list(ids), kv)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+        self._entries.put(key, _Entry(list(ids), kv))
 
     def forget(self, key: str) -> None:
-        with self._lock:
-            self._entries.pop(key, None)
+        """The document was closed: its KV goes at once, not when it is the least recent."""
+        self._entries.pop(key)
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries

@@ -22,21 +22,22 @@ otherwise, so it never holds a rejected token.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Optional
 
 import torch
 from transformers import DynamicCache
 
 from fim_server.wire.options import DecodeConfig
-from .postprocess import postprocess
+
 from .ar import AREngine
+from .base import Engine, Timing
+from .batching import left_pad, pad_batch
 from .canvas import Canvas
 from .diffusion import DiffusionEngine
 from .kv import RowKV
 from .layout import fit_context
-from .base import RowEngine
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 from .unmask import choose, make_rule
 
@@ -86,9 +87,9 @@ class ARCache:
 
     def prefill(self, rows: list[_Row]) -> None:
         """Cache the prompts but their last token, which becomes pending."""
-        input_ids, mask, positions = self.ar._left_pad([r.prompt[:-1] for r in rows])   # [B, T]
-        self.ar.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                      past_key_values=self.cache, use_cache=True, **self.ar.forward_kwargs)
+        input_ids, mask, positions = left_pad([r.prompt[:-1] for r in rows], self.ar.ids.pad,
+                                              self.ar.lm.device)                       # [B, T] each
+        self.ar.forward(input_ids, mask, positions, self.cache, last_only=True)
         self.rows = list(rows)
         for r in rows:
             r.cached, r.pending = len(r.prompt) - 1, [r.prompt[-1]]
@@ -111,20 +112,20 @@ class ARCache:
         predict the draft's n tokens and the one after."""
         dev = self.ar.lm.device
         seqs = [r.pending + d for r, d in zip(self.rows, drafts)]
-        width, k = max(len(s) for s in seqs), self.length()
-        input_ids = torch.full((len(seqs), width), self.ar.ids.pad, dtype=torch.long)    # [B, W]
-        mask = torch.zeros((len(seqs), k + width), dtype=torch.long)                     # [B, K + W]
-        positions = torch.zeros((len(seqs), width), dtype=torch.long)                    # [B, W]
-        for b, (r, s) in enumerate(zip(self.rows, seqs)):
-            input_ids[b, :len(s)] = torch.tensor(s)
-            mask[b, k - r.cached:k + len(s)] = 1
-            positions[b] = torch.arange(r.cached, r.cached + width)
-        out = self.ar.model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev),
-                            position_ids=positions.to(dev), past_key_values=self.cache, use_cache=True)
+        k = self.length()
+        input_ids, valid = pad_batch(seqs, self.ar.ids.pad, dev)                          # [B, W] x2
+        width = input_ids.shape[1]
+        cached = torch.zeros((len(seqs), k), dtype=torch.long, device=dev)               # [B, K]
+        for b, r in enumerate(self.rows):
+            cached[b, k - r.cached:] = 1                  # the row's entries: right-aligned in the cache
+        mask = torch.cat([cached, valid.long()], dim=1)                                    # [B, K + W]
+        starts = torch.tensor([r.cached for r in self.rows], device=dev)[:, None]         # [B, 1]
+        positions = starts + torch.arange(width, device=dev)                               # [B, W]
+        logits = self.ar.forward(input_ids, mask, positions, self.cache)                   # [B, W, V]
         self.fed, self.width = [len(r.pending) for r in self.rows], k
         for r in self.rows:
             r.ar_forwards += 1
-        return [out.logits[b, len(r.pending) - 1:len(s)] for b, (r, s) in enumerate(zip(self.rows, seqs))]
+        return [logits[b, len(r.pending) - 1:len(s)] for b, (r, s) in enumerate(zip(self.rows, seqs))]
 
     def keep(self, kept: list[int]) -> None:
         """Row b keeps its fed pending tokens and its first kept[b] draft tokens; the rest goes.
@@ -180,7 +181,7 @@ def accept_sampled(draft: list[int], q: torch.Tensor, p: torch.Tensor,
     return n, int(torch.multinomial(p[n], 1, generator=generator))
 
 
-class SpeculativeEngine(RowEngine):
+class SpeculativeEngine(Engine):
     kind = "speculative"
 
     def __init__(self, draft: DiffusionEngine, verifier: AREngine):
@@ -196,11 +197,16 @@ class SpeculativeEngine(RowEngine):
         self.draft_ends = [i for i in {*draft.ids.end_of_middle, draft.ids.delete} if i is not None]
         self.ar_end = verifier.ids.end_of_middle[0]
 
-    # ---------------------------------------------------------------- public
+    def forget(self, key: str) -> None:
+        self.verifier.forget(key)
+        self.draft.forget(key)
+
+    def cached_documents(self) -> int:
+        return self.verifier.cached_documents() + self.draft.cached_documents()
 
     # ---------------------------------------------------------------- set-up and results
 
-    def _start(self, req: InfillRequest, config: DecodeConfig) -> _Row:
+    def start(self, req: InfillRequest, config: DecodeConfig) -> _Row:
         ar = self.verifier
         ctx = fit_context(self.tok, req.prefix, req.suffix, ar.budget(config))      # as the AR engine does
         d_ids = self.draft.ids
@@ -212,27 +218,23 @@ class SpeculativeEngine(RowEngine):
         return _Row(prompt=ar.prompt(ctx.prefix_ids, ctx.suffix_ids), draft_lead=bos + d_ctx.prefix_ids,
                     draft_suffix=d_ctx.suffix_ids, stats=stats)
 
-    def _result(self, row: _Row, req: InfillRequest, config: DecodeConfig, encode_ms: float,
-                decode_ms: float, t0: float) -> InfillResult:
-        text = postprocess(self.tok.decode(row.ids), req.prefix, req.suffix, config.single_line)
+    def result(self, row: _Row, req: InfillRequest, config: DecodeConfig, timing: Timing) -> InfillResult:
+        text = self.text(row.ids, req, config)
         s = row.stats
         s.ar_forwards = row.ar_forwards
         s.draft_forwards = row.draft_forwards
         s.nfe, s.steps, s.tokens = s.ar_forwards + s.draft_forwards, row.verifications, len(row.ids)
         s.acceptance_length = round(row.accepted / row.verifications, 4) if row.verifications else 0.0
         s.drafts_accepted = row.drafts_accepted
-        s.encode_ms, s.decode_ms = round(encode_ms, 3), round(decode_ms, 3)
-        s.cancelled = row.stop_reason == "cancelled"
-        s.stop_reason = row.stop_reason if text or s.cancelled else "empty"
-        s.latency_ms = round((time.perf_counter() - t0) * 1000, 3)
-        return InfillResult(text=text, stats=s.finish(), token_ids=list(row.ids))
+        return InfillResult(text=text, stats=self.close_stats(s, text, row.stop_reason, timing),
+                            token_ids=list(row.ids))
 
     # ---------------------------------------------------------------- the loop
 
-    def _generate(self, rows: list[_Row], config: DecodeConfig, should_stop: Optional[ShouldStop]) -> None:
+    def decode(self, rows: list[_Row], config: DecodeConfig, should_stop: Optional[ShouldStop]) -> None:
         d_gen = torch.Generator(device=self.draft_lm.device).manual_seed(config.seed)
         v_gen = torch.Generator(device=self.lm.device).manual_seed(config.seed + 1)
-        AREngine._poll(rows, should_stop)
+        self.poll(rows, should_stop)
         running = [r for r in rows if not r.done]
         if not running:
             return
@@ -244,7 +246,7 @@ class SpeculativeEngine(RowEngine):
             logits = cache.verify([d.tokens for d in drafts])                   # per row [n + 1, V]
             kept = [self._accept(r, d, lg, config, v_gen) for r, d, lg in zip(running, drafts, logits)]
             cache.keep(kept)
-            AREngine._poll(rows, should_stop)
+            self.poll(rows, should_stop)
             running = [r for r in rows if not r.done]
 
     def _accept(self, row: _Row, draft: Draft, logits: torch.Tensor, config: DecodeConfig,
@@ -260,7 +262,7 @@ class SpeculativeEngine(RowEngine):
         row.accepted += k
         row.drafts_accepted += k == len(draft.tokens)
         for t in draft.tokens[:k] + [token]:
-            self.verifier._take(row, t, config)
+            self.verifier.take(row, t, config)
             if row.done:
                 break
         row.pending = [token]
@@ -282,13 +284,9 @@ class SpeculativeEngine(RowEngine):
                       key="draft" if reuse else "", past=row.draft_past if reuse else None)
 
     def _draft(self, rows: list[_Row], config: DecodeConfig, generator: torch.Generator) -> list[Draft]:
-        """Each row's draft from at most draft_steps diffusion steps over a fresh canvas.
-
-        Greedy: the unmask rule's picks plus the most confident positions the step budget needs.
-        Sampling: as many positions, but the leftmost ones, chosen from the distributions' top
-        probability (not the sampled tokens'): then each draft token is drawn from the q stored
-        for it given every token before it, which the rejection rule relies on."""
-        d, sampling = self.draft, config.temperature > 0
+        """Each row's draft from at most draft_steps diffusion steps over a fresh canvas
+        (draft_select picks the positions; sampling keeps the q each token was drawn from)."""
+        sampling = config.temperature > 0
         canvases = [self._canvas(r, config) for r in rows]
         q = [[None] * len(c.canvas) for c in canvases]
         rule = make_rule(config)
@@ -297,20 +295,12 @@ class SpeculativeEngine(RowEngine):
             if not active:
                 break
             group = [canvases[b] for b in active]
-            tokens, conf, probs, masked = d.propose(group, config, generator)    # [B, L] x2, [B, L, V], [B, L]
-            if sampling:
-                conf = probs.max(dim=-1).values
-            commit, _ = choose(rule, conf, masked, probs, config.early_commit)
-            commit |= top_n(conf, masked, config.draft_steps - step)
-            if sampling:
-                commit = leftmost(masked, commit.sum(dim=1))
+            select = partial(draft_select, rule, config, config.draft_steps - step)
+            commit, probs = self.draft.step(group, config, generator, select)   # [B, L], [B, L, V]
             for i, b in enumerate(active):
                 c = canvases[b]
-                c.nfe += 1
-                pos = commit[i].nonzero().flatten().tolist()
-                c.commit(pos, tokens[i, pos].tolist(), config.cache)
                 if sampling:
-                    for j in pos:
+                    for j in commit[i].nonzero().flatten().tolist():
                         q[b][j] = probs[i, j]
                 if c.end_index() is not None or c.first_mask() == len(c.canvas):
                     c.finish("end")
@@ -339,6 +329,23 @@ class SpeculativeEngine(RowEngine):
         out[[i for i in ends if i < self.vocab]] = 0.0
         out[self.ar_end] += q[ends].sum()
         return out
+
+
+def draft_select(rule, config: DecodeConfig, steps_left: int, conf: torch.Tensor, masked: torch.Tensor,
+                 probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The drafter's pick for one step (DiffusionEngine.Select): the unmask rule's picks plus the
+    most confident positions the step budget needs. Sampling: as many positions, but the leftmost
+    ones, ranked by the distributions' top probability (not the sampled tokens'): then each draft
+    token is drawn from the q stored for it given every token before it, which the rejection rule
+    relies on."""
+    sampling = config.temperature > 0
+    if sampling:
+        conf = probs.max(dim=-1).values
+    commit, early = choose(rule, conf, masked, probs, config.early_commit)
+    commit |= top_n(conf, masked, steps_left)
+    if sampling:
+        commit = leftmost(masked, commit.sum(dim=1))
+    return commit, early
 
 
 def top_n(conf: torch.Tensor, masked: torch.Tensor, steps_left: int) -> torch.Tensor:

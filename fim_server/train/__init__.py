@@ -1,0 +1,1 @@
+"""Training the bundled twins (`fim-server train`): data (sources, FIM examples) and the recipe."""

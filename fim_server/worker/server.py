@@ -235,7 +235,9 @@ class Worker:
         if isinstance(msg, CloseMsg):
             return self._on_close(envelope, msg)
         if isinstance(msg, HealthMsg):
-            return self._send(envelope, StatsMsg(id=msg.id, stats=self.stats.snapshot(*self.scheduler.depth())))
+            stats = {**self.stats.snapshot(*self.scheduler.depth()),
+                     "kv_documents": self.engine.cached_documents()}
+            return self._send(envelope, StatsMsg(id=msg.id, stats=stats))
         self.stats.count("bad_request")
         self._send(envelope, error(getattr(msg, "id", None), ErrorCode.bad_request,
                                    f"a worker takes infill, cancel, close and health messages, "
