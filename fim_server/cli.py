@@ -130,6 +130,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if args.batch_wait_ms < 0:
         raise UsageError("--batch-wait-ms must not be negative")
+    if args.idle_exit < 0:
+        raise UsageError("--idle-exit must not be negative")
+    if args.parent_pid is not None and args.parent_pid < 1:
+        raise UsageError("--parent-pid must be a process id (1 or more)")
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
@@ -143,7 +147,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         random_weights = random_weights or ar_random
     options = WorkerOptions(bind=args.bind, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                             queue=args.queue, curve_secret_key=args.curve_secret_key,
-                            curve_public_keys=args.curve_public_keys)
+                            curve_public_keys=args.curve_public_keys, idle_exit_s=args.idle_exit,
+                            parent_pid=args.parent_pid)
     try:
         rc = serve(options, model, args.engine, device=args.device, dtype=args.dtype,
                    family=args.family, random_weights=random_weights, ar_model=ar_model)
@@ -237,6 +242,10 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--curve-secret-key", default=None, metavar="FILE", help="the worker's .key_secret file")
     p.add_argument("--curve-public-keys", default=None, metavar="DIR", help="directory of allowed client *.key files")
+    p.add_argument("--idle-exit", type=float, default=0.0, metavar="SECONDS",
+                   help="exit (as on SIGTERM) after this long with no request (default 0: never)")
+    p.add_argument("--parent-pid", type=int, default=None, metavar="PID",
+                   help="exit (as on SIGTERM) once process PID is gone: a spawner's crash ends its worker")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="print a running worker's stats as JSON")

@@ -1,14 +1,13 @@
 """From the worker's middle to the text shown at the cursor.
 
-`finish` applies the engine's post-processing (fim_server.engine.postprocess: indentation, suffix
-overlap) and then the editor's rules: a single-line completion never leaves its line; a
-multi-line one stays inside the cursor's block, stops where it would repeat the suffix,
-and is capped at max_lines. An empty or blank result means "show nothing".
+The worker's text is already post-processed (fim_server.engine.postprocess: indentation,
+suffix overlap), once, by the engine; `finish` applies only the editor's rules on top: a
+single-line completion never leaves its line; a multi-line one stays inside the cursor's
+block, stops where it would repeat the suffix, and is capped at max_lines. Where no rule
+applies the worker's text is shown as it is. An empty or blank result means "show nothing".
 """
 
 from __future__ import annotations
-
-from fim_server.engine.postprocess import postprocess
 
 from .cursor import CursorContext
 
@@ -45,7 +44,7 @@ def _multi_line(text: str, ctx: CursorContext, max_lines: int) -> str:
 
 def finish(middle: str, ctx: CursorContext, max_lines: int) -> str:
     """The text to insert at the cursor ("" for nothing)."""
-    text = postprocess(middle, ctx.prefix, ctx.suffix, ctx.single_line)
+    text = middle
     if ctx.single_line:
         text = text.split("\n", 1)[0]                 # a leading newline leaves nothing
         if not ctx.line_after.strip():

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fim_server.wire.protocol import encodable
+
 PREFIX_CHARS = 16_000      # text before the cursor sent to the worker, at most
 SUFFIX_CHARS = 4_000       # text after it; the engine trims further to the model's context
 BLOCK_OPENERS = (":", "{", "(", "[")
@@ -98,9 +100,9 @@ def cursor_context(source: str, line: int, character: int, encoding: str = "utf-
     text = source[start:end]
     index = column_to_index(text, character, encoding)
     offset = start + index
-    prefix = _clip_prefix(source, offset, prefix_chars)
-    suffix = _clip_suffix(source, offset, suffix_chars)
-    line_before, line_after = text[:index], text[index:]
+    prefix = encodable(_clip_prefix(source, offset, prefix_chars))
+    suffix = encodable(_clip_suffix(source, offset, suffix_chars))
+    line_before, line_after = encodable(text[:index]), encodable(text[index:])
     return CursorContext(
         prefix=prefix, suffix=suffix, offset=offset, line=line,
         character=unit_length(line_before, encoding), line_before=line_before,

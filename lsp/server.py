@@ -17,7 +17,7 @@ import logging
 import re
 import signal
 import sys
-from typing import Any, Optional
+from typing import Any, BinaryIO, Optional
 from urllib.parse import unquote
 
 from lsprotocol import types as lsp
@@ -54,6 +54,54 @@ class FimProtocol(LanguageServerProtocol):
             if isinstance(msg_id, (int, str)):
                 self._send_response(msg_id, error=exc.to_response_error())
             raise                           # pygls logs it and carries on with the next message
+
+
+class FrameReader:
+    """stdin as pygls reads it (readline for headers, read(n) for a body), kept in step with the
+    frames when one's Content-Length is wrong.
+
+    pygls trusts Content-Length. A body shorter than announced makes it take the next frames'
+    bytes for the rest of this body; a longer one leaves its tail in front of the next header,
+    where pygls no longer sees the header. Either way it never reads a whole frame again: the
+    server stays up and answers nothing. A JSON body cannot hold "Content-Length: N" and a line
+    break (JSON strings escape line breaks), so where one shows up, the next frame starts."""
+
+    HEADER = re.compile(rb"Content-Length: \d+\r\n")
+
+    def __init__(self, stream: BinaryIO):
+        self.stream = stream
+        self.ahead = b""                       # read past the frame being read: the next frame's
+
+    def readline(self) -> bytes:
+        if b"\n" in self.ahead:
+            line, self.ahead = self.ahead.split(b"\n", 1)
+            line += b"\n"
+        else:
+            line, self.ahead = self.ahead + self.stream.readline(), b""
+        header = self.HEADER.search(line)
+        if header and header.start() > 0:
+            log.error("fim-lsp: a frame was longer than its Content-Length; dropped %d bytes "
+                      "before the next header", header.start())
+            line = line[header.start():]
+        return line
+
+    def read(self, size: int) -> bytes:
+        body, self.ahead = bytearray(self.ahead[:size]), self.ahead[size:]
+        header = self.HEADER.search(body)
+        while header is None and len(body) < size:
+            # read1 returns what has arrived: a short body is found without waiting for more
+            chunk = self.stream.read1(size - len(body))
+            if not chunk:
+                break                          # end of input
+            body += chunk
+            header = self.HEADER.search(body, max(0, len(body) - len(chunk) - 32))
+        body = bytes(body)
+        if header is None:
+            return body
+        log.error("fim-lsp: a frame was shorter than its Content-Length (%d bytes, not %d); "
+                  "reading on from the next header", header.start(), size)
+        body, self.ahead = body[:header.start()], body[header.start():] + self.ahead
+        return body or b" "                    # not b"": pygls takes that for the end of input
 
 
 class FimLanguageServer(LanguageServer):
@@ -241,7 +289,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.tcp:
             server.start_tcp(*args.tcp)
         else:
-            server.start_io()
+            server.start_io(stdin=FrameReader(sys.stdin.buffer))
     finally:
         server.link.kill_child_now()
     return 0

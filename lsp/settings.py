@@ -15,7 +15,8 @@ The settings object a client sends (names are stable; editor clients rely on the
     }
 
 It may also be nested under "fim" (the section name), and dotted keys ("worker.address")
-are read as nested ones. Every value is checked; a bad one is reported and its default used,
+are read as nested ones; an empty array stands for an empty object (Neovim sends an empty Lua
+table as `[]`). Every value is checked; a bad one is reported and its default used,
 an unknown key is reported and ignored. Parsing never raises.
 """
 
@@ -145,12 +146,19 @@ _FIELDS = {
 }
 
 
+def _object(value: Any) -> Any:
+    """[] -> {}: Lua has one table type and Neovim encodes an empty one as a JSON array, so an
+    empty list is an empty object. No setting takes a list, so nothing else is lost."""
+    return {} if isinstance(value, list) and not value else value
+
+
 def _flatten(raw: dict[str, Any], path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
     """{"worker": {"address": x}} and {"worker.address": x} -> {("worker", "address"): x}.
     The engine map is a leaf: its keys are decoding options, checked by _engine."""
     flat: dict[tuple[str, ...], Any] = {}
     for key, value in raw.items():
         name = path + tuple(str(key).split("."))
+        value = _object(value)
         if name == ("worker",) and isinstance(value, dict):
             flat.update(_flatten(value, name))
         else:
@@ -161,10 +169,11 @@ def _flatten(raw: dict[str, Any], path: tuple[str, ...] = ()) -> dict[tuple[str,
 def parse_settings(raw: Any, defaults: Settings | None = None) -> tuple[Settings, list[str]]:
     """(settings, problems): `raw` over `defaults`; every problem is one line for the user."""
     settings = defaults or Settings()
+    raw = _object(raw)
     if raw is None:
         return settings, []
-    if isinstance(raw, dict) and isinstance(raw.get(SECTION), dict):
-        raw = raw[SECTION]
+    if isinstance(raw, dict) and isinstance(_object(raw.get(SECTION)), dict):
+        raw = _object(raw[SECTION])
     if not isinstance(raw, dict):
         return settings, [f"settings must be an object; got {type(raw).__name__}: defaults used"]
     changes: dict[str, Any] = {}

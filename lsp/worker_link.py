@@ -1,7 +1,9 @@
 """The server's connection to the worker: requests, outages, and a worker of its own.
 
 States: "unknown" (not probed yet), "up", "starting" (a worker this server spawned is
-loading), "down", "closed" (the server is shutting down). While down or starting,
+loading), "idle" (the worker this server spawned left after SPAWNED_IDLE_EXIT_S without
+requests; the next completion starts another), "down", "closed" (the server is shutting
+down). While down, starting or idle,
 completions return at once with nothing instead of waiting for a deadline on every
 keystroke. A background probe (`health`, with backoff) notices when a worker answers
 again. The user is told once per outage, by `tell_user` (window/showMessage); everything
@@ -9,7 +11,9 @@ else goes to `log` (window/logMessage).
 
 When no worker answers, the address is local (ipc:// or loopback tcp) and `spawnWorker` is
 on, the server starts `fim-server serve` on that address (bundled model unless
-`worker.model`), waits for its `ready` line, and stops it at shutdown.
+`worker.model`), waits for its `ready` line, and stops it at shutdown. The worker is given
+this server's pid, so that it exits when the server is killed (an editor crash), and an idle
+timeout, so that an unused one gives its memory back.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 PROBE_DEADLINE_S = 1.0
 PROBE_BACKOFF_S = (0.25, 0.5, 1.0, 2.0)      # waits between probes while down; the last repeats
 RESPAWN_AFTER_S = 30.0                        # at most one spawn attempt per this interval
+SPAWNED_IDLE_EXIT_S = 30 * 60                 # a spawned worker unused this long exits (and frees ~400 MB)
 
 
 class WorkerLink:
@@ -79,6 +84,9 @@ class WorkerLink:
                      options: dict[str, Any], max_tokens: Optional[int]) -> Optional[ResponseMsg]:
         """The worker's reply, or None when no worker is there (the user was told).
         Raises RequestFailed for other worker errors; cancelling the caller cancels the request."""
+        if self.state == "idle":                      # the spawned worker left when unused: start another
+            self._down("the worker it started exited when idle")
+            return None
         if self.state in ("down", "starting", "closed"):
             return None
         try:
@@ -193,7 +201,8 @@ class WorkerLink:
     def _command(self) -> list[str]:
         s = self.settings
         return serve_command(s.worker_address, engine=s.engine_kind, model=s.worker_model,
-                             ar_model=s.worker_ar_model, threads=s.worker_threads)
+                             ar_model=s.worker_ar_model, threads=s.worker_threads,
+                             parent_pid=os.getpid(), idle_exit_s=SPAWNED_IDLE_EXIT_S)
 
     async def _spawn(self) -> tuple[bool, str]:
         """Start a worker and wait for its ready line: (ready, reason when not)."""
@@ -224,8 +233,15 @@ class WorkerLink:
 
     async def _watch_child(self, child: asyncio.subprocess.Process) -> None:
         status = await child.wait()
-        if child is self._child:
-            self._down(f"the worker it started exited with status {status}")
+        if child is not self._child:
+            return
+        if status == 0 and self.state == "up":
+            # a clean exit (its idle timeout, or a SIGTERM) while nothing was asked of it:
+            # restarting it now would undo the idle exit; the next completion does
+            self.state = "idle"
+            self._log("fim: the completion worker it started has exited (idle); the next completion starts another")
+            return
+        self._down(f"the worker it started exited with status {status}")
 
     def _log_tail(self) -> str:
         try:

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from fim_server.wire.options import DecodeConfig
+from fim_server.wire.options import RESERVED_TOKENS, DecodeConfig, OptionError
 from fim_server.engine.ar import AREngine
 from fim_server.engine.layout import fit_context
 from fim_server.engine.layout import ANCHOR_LINES
@@ -304,6 +304,26 @@ def test_context_tokens_option_overrides_the_model_limit(models):
     assert r.stats.prompt_tokens <= 64 - 8 - engine.special_tokens
     [short] = engine.infill([REQUESTS[0]], config)
     assert not short.stats.truncated
+
+
+def test_context_tokens_past_the_model_limit_are_capped(models):
+    """A client asking for a million-token window gets the model's own (the model would
+    otherwise run far past its positions and hold the worker for seconds)."""
+    lm = models["codellama"]
+    engine = AREngine(lm)
+    prefix = SAMPLE_CODE * 400
+    [huge] = engine.infill([InfillRequest(prefix, SAMPLE_CODE)], GREEDY.replace(max_tokens=8, context_tokens=1 << 20))
+    [own] = engine.infill([InfillRequest(prefix, SAMPLE_CODE)], GREEDY.replace(max_tokens=8))
+    assert huge.stats.truncated and huge.stats.prompt_tokens == own.stats.prompt_tokens
+    assert huge.stats.prompt_tokens <= lm.context_tokens - 8 - engine.special_tokens
+
+
+def test_a_middle_the_model_cannot_hold_is_refused_before_decoding(models):
+    engine = AREngine(models["codellama"])
+    limit = engine.lm.context_tokens
+    engine.check(GREEDY.replace(max_tokens=limit - RESERVED_TOKENS))           # fits
+    with pytest.raises(OptionError, match="max_tokens"):
+        engine.check(GREEDY.replace(max_tokens=limit))
 
 
 def test_budget_counts_the_special_tokens(models):

@@ -102,3 +102,16 @@ def test_the_language_server_and_the_wire_import_without_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "imported" in done.stdout
+
+
+def test_the_plain_install_brings_the_language_server():
+    """`pip install -e .` (the README's first command) must give a working fim-lsp: its
+    dependencies are core requirements, not behind an extra."""
+    from importlib.metadata import requires
+
+    core = {r.split(";")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
+            for r in requires("fim-server") or [] if "extra ==" not in r}
+    assert {"pygls", "lsprotocol", "pyzmq", "msgpack"} <= core
+    done = subprocess.run([sys.executable, "-m", "lsp.server", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "--connect" in done.stdout

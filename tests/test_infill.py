@@ -5,6 +5,7 @@ deterministic and do not depend on batch mates, so every output is compared agai
 reference built one hole at a time straight from the engine.
 """
 
+import io
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from fim_server.wire.options import DecodeConfig
 from fim_server.engine import InfillRequest, load_engine
 from fim_server.batch import InfillOptions, LocalRunner, context, fill, find_holes, fingerprint, infill
 from fim_server.batch.journal import TMP_TAG, Journal, request_key
+from fim_server.batch.outputs import print_summary
 
 CONFIG = DecodeConfig(max_tokens=8)
 
@@ -188,7 +190,6 @@ def test_jsonl_records_and_tasks(tmp_path, engine, fp):
 
 def test_bad_inputs_are_reported_and_the_run_goes_on(tmp_path, engine, fp):
     src = make_tree(tmp_path / "src", {"good.py": TREE["pkg/b.py"]})
-    (src / "image.bin").write_bytes(b"\x89PNG\x00\x01<FILL>")
     (src / "latin1.py").write_bytes("caf\xe9 = <FILL>\n".encode("latin-1"))
     (src / "huge.py").write_text("x = 1\n" * 2000 + "<FILL>\n")
     (src / "dangling.py").symlink_to(src / "gone.py")
@@ -196,7 +197,9 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(tmp_path, engine, fp):
     long_prefix = "".join(f"value_{i} = {i}\n" for i in range(300))
     (src / "long.py").write_text(long_prefix + "<FILL>\n")
     config = CONFIG.replace(context_tokens=64)
-    summary = infill([src, tmp_path / "missing"], None, LocalRunner(engine, config), fp,
+    image = src / "image.bin"                                  # named too: an error, not skipped
+    image.write_bytes(b"\x89PNG\x00\x01<FILL>")
+    summary = infill([src, tmp_path / "missing", image], None, LocalRunner(engine, config), fp,
                      options(out_dir=tmp_path / "out", state_dir=tmp_path / "state", max_file_bytes=8000))
     problems = {Path(p["where"]).name: p["message"] for p in summary["problems"]}
     assert problems["image.bin"] == "binary file (contains NUL bytes)"
@@ -212,6 +215,33 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(tmp_path, engine, fp):
     assert set(out) == {"good.py", "long.py"}
     assert out["good.py"] == reference(engine, TREE["pkg/b.py"], config)
     assert json.loads((tmp_path / "state" / "summary.json").read_text())["problems"] == summary["problems"]
+
+
+def test_binary_files_in_a_tree_are_skipped_and_counted_not_problems(tmp_path, random_dlm_dir):
+    """As black and ripgrep do: images and .pyc files found while walking a directory are not
+    source; only a binary file named on the command line is an error."""
+    src = make_tree(tmp_path / "src", {"good.py": TREE["pkg/b.py"]})
+    (src / "img").mkdir()
+    (src / "img" / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR<FILL>")
+    (src / "mod.cpython-311.pyc").write_bytes(b"\xa7\r\r\n\x00\x00\x00\x00" + b"x" * 100)
+    (src / "big.bin").write_bytes(b"\x00" * 9000)              # over --max-file-bytes, binary all the same
+    model = ("--model", random_dlm_dir, "--dtype", "float64", "--max-tokens", "8", "--no-progress",
+             "--max-file-bytes", "8000")
+    out = tmp_path / "out"
+    assert run_cli(src, "--out", out, *model) == 0
+    summary = json.loads((out / ".fim-infill" / "summary.json").read_text())
+    assert summary["problems"] == [] and summary["bad_inputs"] == 0
+    assert summary["files"]["skipped_binary"] == 3 and summary["files"]["scanned"] == 1
+    assert summary["holes"]["filled"] == 1 and set(read_tree(out)) == {"good.py"}
+    printed = io.StringIO()
+    print_summary(summary, printed)
+    assert "3 binary skipped" in printed.getvalue()
+    # named on the command line, a binary file is a problem (and the exit status says so)
+    rc = run_cli(src / "img" / "logo.png", src / "good.py", "--out", tmp_path / "out2", *model)
+    summary = json.loads((tmp_path / "out2" / ".fim-infill" / "summary.json").read_text())
+    assert rc == 1 and summary["files"]["skipped_binary"] == 0
+    assert summary["problems"] == [{"where": str(src / "img" / "logo.png"),
+                                    "message": "binary file (contains NUL bytes)"}]
 
 
 def test_failed_hole_keeps_its_marker_and_its_batch_mates_are_filled(tmp_path, engine, fp):

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -401,6 +404,21 @@ async def test_bad_input_gets_sane_replies(start_lsp, worker):
     assert client.messages == []                                      # nothing to bother the user with
 
 
+async def test_lone_surrogates_in_the_context_still_get_a_completion(start_lsp, worker):
+    # JSON lets a client send "\ud800"; msgpack cannot encode it, and every completion in the
+    # document used to fail. The worker is asked with U+FFFD in its place.
+    client = await lsp_on(start_lsp, worker, debounceMs=0)
+    text = "note = '{0} and {1}'\n" + POINT
+    open_doc(client, "file:///surrogates.py", text.format("\ud800", "\udfff"))
+    open_doc(client, "file:///replaced.py", text.format("\ufffd", "\ufffd"))
+    line, character = POINT_CURSOR[0] + 1, POINT_CURSOR[1]
+    items = [i.insert_text for i in await inline(client, "file:///surrogates.py", line, character)]
+    assert items == [i.insert_text for i in await inline(client, "file:///replaced.py", line, character)]
+    stats = await server_stats(client)
+    assert stats["computed"] == 2 and stats["worker_errors"] == 0
+    assert not [m for m in client.log_messages if "internal error" in m.message]
+
+
 async def raw_request(client: LanguageClient, msg_id: str, method: str, params) -> object:
     """Send params as they are, past the client's own type checks; await the reply."""
     future: Future = Future()
@@ -423,6 +441,74 @@ async def test_malformed_requests_get_error_replies(start_lsp, worker):
         await raw_request(client, "cmd", "workspace/executeCommand", {"command": "fim.nothing"})
     assert [i.insert_text for i in await inline(client, "file:///malformed.py", *POINT_CURSOR)] == [point_answer()]
     assert client.messages == []
+
+
+def frame(body: bytes, length: int | None = None) -> bytes:
+    """One LSP frame; `length`: the Content-Length to announce instead of the body's own."""
+    return b"Content-Length: %d\r\n\r\n" % (len(body) if length is None else length) + body
+
+
+def request(msg_id: int, method: str, params: dict) -> bytes:
+    return frame(json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}).encode())
+
+
+def read_frames(stream, into: queue.Queue) -> None:
+    """Each JSON message of an LSP byte stream into `into`, then None at its end."""
+    while True:
+        length = None
+        while (line := stream.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        if not line or length is None:
+            into.put(None)
+            return
+        into.put(json.loads(stream.read(length)))
+
+
+def reply_to(replies: queue.Queue, msg_id: int, timeout: float = 60) -> dict | None:
+    """The reply to msg_id; None when the stream ended first. The timeout only bounds the wait."""
+    end = time.monotonic() + timeout
+    try:
+        while (message := replies.get(timeout=max(0.0, end - time.monotonic()))) is not None:
+            if message.get("id") == msg_id and "method" not in message:
+                return message
+    except queue.Empty:
+        raise AssertionError(f"no reply to {msg_id} in {timeout} s, and the server is still running") from None
+    return None
+
+
+def test_a_frame_with_a_wrong_content_length_does_not_deafen_the_server(tmp_path):
+    """An editor restarts a server that exits, not one that hangs: after a frame whose
+    Content-Length is wrong, fim-lsp must answer the next requests, or exit with an error."""
+    log = tmp_path / "stderr.log"
+    with open(log, "wb") as stderr:
+        server = subprocess.Popen([*fim_lsp(), "--no-spawn", "--connect", "tcp://127.0.0.1:1"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+    replies: queue.Queue = queue.Queue()
+    threading.Thread(target=read_frames, args=(server.stdout, replies), daemon=True).start()
+    try:
+        server.stdin.write(request(1, "initialize", {"processId": None, "rootUri": None, "capabilities": {}}))
+        server.stdin.flush()
+        assert "capabilities" in reply_to(replies, 1)["result"]
+        # 500 announced, 20 sent: the next request's bytes would be taken for the rest of the body
+        server.stdin.write(frame(b'{"jsonrpc": "2.0", "', length=500) + request(2, "fim/stats", {}))
+        # 8 announced, 40 sent: the rest of the body would stand in front of the next header
+        server.stdin.write(frame(b'{"jsonrpc": "2.0", "method": "nothing"}', length=8) + request(3, "fim/stats", {}))
+        server.stdin.flush()
+        for msg_id in (2, 3):
+            answer = reply_to(replies, msg_id)
+            if answer is None:                                        # gave up: it must say so and fail
+                assert server.wait(timeout=60) != 0
+                assert "Content-Length" in log.read_text()
+                return
+            assert "requests" in answer["result"]
+        server.stdin.close()                                          # the end of input still ends it
+        assert server.wait(timeout=60) == 0
+        said = log.read_text()                                        # what the user's log says
+        assert "shorter than its Content-Length" in said and "longer than its Content-Length" in said
+    finally:
+        server.kill()
+        server.wait()
 
 
 async def test_invalid_settings_are_reported_and_defaults_used(start_lsp, worker):
@@ -508,6 +594,23 @@ async def test_spawns_a_worker_when_none_answers(start_lsp, sock_dir):
     await asyncio.to_thread(_wait_gone, pid)
 
 
+async def test_a_spawned_worker_exits_when_the_server_is_killed(start_lsp, sock_dir):
+    """An editor crash SIGKILLs fim-lsp: the worker it started must not keep the model's memory
+    and the address forever."""
+    address = f"ipc://{sock_dir}/orphan/w.sock"
+    client = await start_lsp("--connect", address, options={"worker": {"threads": 1}})
+    status = await wait_until(_worker_state(client, "up"), timeout=READY_TIMEOUT)
+    pid = status["spawned_pid"]
+    start_lsp.clients.remove(client)                                  # nobody is left to shut down
+    os.kill(client._server.pid, signal.SIGKILL)
+    await client.stop()
+    try:
+        await asyncio.to_thread(_wait_gone, pid)
+    finally:
+        if not _gone(pid):
+            os.kill(pid, signal.SIGKILL)                              # not left behind when it fails
+
+
 def _worker_state(client: LanguageClient, state: str):
     async def check():
         status = (await server_stats(client))["worker"]
@@ -518,9 +621,20 @@ def _worker_state(client: LanguageClient, state: str):
 def _wait_gone(pid: int, timeout: float = 30) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _gone(pid):
             return
         time.sleep(0.1)
     raise AssertionError(f"the spawned worker {pid} outlived the server")
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or one that exited and is not reaped yet: an orphan's new parent (init,
+    or a container's first process) may be slow to reap it, or never do."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False

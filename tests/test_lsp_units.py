@@ -4,17 +4,29 @@ reuse, settings, latest-wins and debounce, telemetry. No processes, no model."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import os
+import threading
+from types import SimpleNamespace
 
 import pytest
+import zmq
+import zmq.asyncio
+from pygls import io_ as pygls_io
 
+from fim_server.wire.client import WorkerClient
+from fim_server.wire.protocol import ResponseMsg, decode, encode
 from fim_server.wire.typed_ahead import TypedAhead
+from fim_server.engine.postprocess import postprocess
 from lsp.completion import finish
 from lsp.cursor import cursor_context, is_single_line
 from lsp.debounce import Debouncer, LatestWins, Superseded
+from lsp.server import FrameReader
 from lsp.settings import Settings, parse_settings
 from lsp.telemetry import Telemetry
 from fim_server.wire.addresses import is_loopback as is_local
-from lsp.worker_link import WorkerLink
+from lsp.worker_link import SPAWNED_IDLE_EXIT_S, WorkerLink
 
 # ---------------------------------------------------------------- cursor context
 
@@ -60,6 +72,40 @@ def test_binary_text_near_the_cursor_is_flagged():
     assert not cursor_context("abc def", 0, 3).binary
 
 
+@pytest.mark.parametrize("encoding, character", [("utf-16", 12), ("utf-8", 16), ("utf-32", 12)])
+def test_lone_surrogates_become_replacement_characters(encoding, character):
+    # JSON lets a client send "\ud800"; it has no UTF-8 form, so the worker could not be asked
+    source = "a = '\ud800 and \udfff'\nb = \udfff\n"
+    ctx = cursor_context(source, 0, character, encoding)
+    assert ctx.prefix == "a = '\ufffd and \ufffd" and ctx.suffix == "'\nb = \ufffd\n"
+    assert (ctx.line_before, ctx.line_after) == ("a = '\ufffd and \ufffd", "'")
+    assert (ctx.character, ctx.offset) == (character, 12)          # positions are unchanged
+    (ctx.prefix + ctx.suffix + ctx.line_before + ctx.line_after).encode("utf-8")
+
+
+async def test_worker_client_sends_lone_surrogates_as_replacement_characters():
+    """Any client of the worker, not only fim-lsp: a fake worker gets what msgpack could send."""
+    ctx = zmq.asyncio.Context()
+    worker = ctx.socket(zmq.ROUTER)
+    port = worker.bind_to_random_port("tcp://127.0.0.1")
+    client = WorkerClient(f"tcp://127.0.0.1:{port}", context=ctx)
+    try:
+        reply = asyncio.ensure_future(client.infill("x = '\ud800", "\udfff'\n", deadline_s=30))
+        received = asyncio.ensure_future(worker.recv_multipart())
+        await asyncio.wait({reply, received}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        # a failed infill raises here what it raised (it used to be UnicodeEncodeError)
+        assert received.done(), reply.result() if reply.done() else "the worker got nothing"
+        identity, frame = received.result()
+        request = decode(frame)
+        assert (request.prefix, request.suffix) == ("x = '\ufffd", "\ufffd'\n")
+        await worker.send_multipart([identity, encode(ResponseMsg(id=request.id, text="1"))])
+        assert (await reply).text == "1"
+    finally:
+        client.close()
+        worker.close(linger=0)
+        ctx.term()
+
+
 @pytest.mark.parametrize("before, after, single", [
     ("    return ", "", True),              # end of a non-empty line
     ("    x = foo(", ")", True),            # inside a line
@@ -88,9 +134,24 @@ def test_single_line_completion_stays_on_its_line():
     assert finish("   \n", ctx, 8) == ""
 
 
+def engine_text(middle, ctx):
+    """What the worker sends: the engine post-processed the middle once already."""
+    return postprocess(middle, ctx.prefix, ctx.suffix, ctx.single_line)
+
+
 def test_single_line_trims_the_suffix_it_repeats():
     ctx = ctx_at_end("print(foo(", ")\n")
-    assert finish("x))", ctx, 8) == "x)"
+    assert finish(engine_text("x))", ctx), ctx, 8) == "x)"
+
+
+def test_the_engines_text_is_shown_unchanged_where_no_editor_rule_applies():
+    """The LSP does not post-process again: `x = f(g(` + `a)` + `)` stays `a)` (a second
+    pass once cut it to `a`, leaving `f(g(a)` in the file), and indentation is not stripped twice."""
+    ctx = ctx_at_end("x = f(g(", ")\n")
+    assert finish(engine_text("a))", ctx), ctx, 8) == "a)"
+    assert finish("a)", ctx, 8) == "a)"
+    ctx = ctx_at_end("def f():\n    ", "\n")
+    assert finish("    x = 1", ctx, 8) == "    x = 1"
 
 
 def test_multi_line_is_capped_and_stays_in_the_block():
@@ -104,7 +165,7 @@ def test_multi_line_is_capped_and_stays_in_the_block():
 def test_multi_line_on_an_indented_empty_line():
     ctx = ctx_at_end("def f(x):\n    ", "\n    return y\n")
     # the duplicated indentation of the first line is removed; the repeat of the suffix is cut
-    assert finish("    y = x + 1\n    return y\n", ctx, 8) == "y = x + 1"
+    assert finish(engine_text("    y = x + 1\n    return y\n", ctx), ctx, 8) == "y = x + 1"
     assert finish("y = 2\n    if y:\n        y += 1\nz = 0", ctx, 8) == "y = 2\n    if y:\n        y += 1"
 
 
@@ -183,6 +244,16 @@ def test_invalid_settings_are_reported_and_defaults_used():
     assert parse_settings(None) == (defaults, [])
 
 
+def test_empty_lua_tables_are_empty_settings():
+    # what Neovim sends for setup({}): initializationOptions [], the pulled "fim" section [],
+    # and didChangeConfiguration {"fim": []} (an empty Lua table is a JSON array)
+    defaults = Settings()
+    for raw in ([], {"fim": []}, {"worker": [], "engine": [], "enabled": []}, {"fim": {"worker": []}}):
+        assert parse_settings(raw) == (defaults, []), raw
+    settings, problems = parse_settings(["maxLines", 3])              # a real list is still wrong
+    assert settings == defaults and "must be an object" in problems[0]
+
+
 def test_spawned_worker_runs_the_chosen_engine_and_verifier():
     raw = {"engine": {"engine": "speculative", "draft_length": 6},
            "worker": {"model": "/m/dlm", "arModel": "/m/ar", "threads": 2}}
@@ -196,6 +267,47 @@ def test_spawned_worker_runs_the_chosen_engine_and_verifier():
     plain = WorkerLink(parse_settings({"worker": {"arModel": "/m/ar"}})[0], print, print)._command()
     assert plain[plain.index("--engine") + 1] == "diffusion" and "--ar-model" not in plain
     assert "worker.arModel" in parse_settings({"worker": {"arModel": 3}})[1][0]
+
+
+def test_a_spawned_worker_is_tied_to_the_server_and_leaves_when_idle():
+    cmd = WorkerLink(parse_settings({})[0], print, print)._command()
+    assert cmd[cmd.index("--parent-pid") + 1] == str(os.getpid())            # gone with the server
+    assert float(cmd[cmd.index("--idle-exit") + 1]) == SPAWNED_IDLE_EXIT_S > 0
+
+
+class ExitedChild:
+    pid = 4242
+
+    def __init__(self, status: int):
+        self.returncode = status
+
+    async def wait(self) -> int:
+        return self.returncode
+
+
+async def test_a_worker_that_left_when_idle_is_started_again_when_needed():
+    link = WorkerLink(parse_settings({})[0], print, print)
+    spawned = []
+
+    async def spawn():
+        spawned.append(link.state)
+        return True, ""
+
+    link._spawn = spawn
+    try:
+        link.state, link._child = "up", ExitedChild(0)
+        await link._watch_child(link._child)           # a clean exit: its idle timeout (or a SIGTERM)
+        assert link.state == "idle" and spawned == []  # not restarted while nobody asks for completions
+        assert await link.infill("a = ", "", "doc", True, {}, None) is None
+        await asyncio.wait_for(link._recovery, 5)
+        assert spawned == ["down"] and link.state == "up"
+        link._child = ExitedChild(1)                   # a crash (a lost device): restarted at once
+        link._last_spawn = -1e9
+        await link._watch_child(link._child)
+        await asyncio.wait_for(link._recovery, 5)
+        assert spawned == ["down", "down"] and link.state == "up"
+    finally:
+        link._client.close()
 
 
 def test_local_addresses_only_are_spawnable():
@@ -275,3 +387,49 @@ def test_telemetry_counts_and_percentiles():
     snap = telemetry.snapshot()
     assert snap["latency_ms"]["p50"] == 50.0 and snap["latency_ms"]["p95"] == 95.0
     assert snap["acceptance_rate"] == 0.25
+
+
+# ---------------------------------------------------------------- stdio framing
+
+
+class Trickle(io.RawIOBase):
+    """A pipe that delivers a few bytes at a time, as a client's writes may arrive."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        size = min(7, len(buffer))
+        piece, self.data = self.data[:size], self.data[size:]
+        memoryview(buffer).cast("B")[:len(piece)] = piece
+        return len(piece)
+
+
+def read_by_pygls(data: bytes) -> list:
+    """The messages pygls' own stdio loop reads from `data` through FrameReader."""
+    got: list = []
+    protocol = SimpleNamespace(structure_message=lambda message: message, handle_message=got.append)
+    pygls_io.run(threading.Event(), FrameReader(io.BufferedReader(Trickle(data), 8)), protocol)
+    return got
+
+
+def lsp_frame(message: dict) -> bytes:
+    body = json.dumps(message).encode()
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def test_frames_are_read_as_they_are():
+    messages = [{"id": 1, "params": "x" * 100_000}, {"id": 2, "params": "Content-Length: 9\r\n"}]
+    assert read_by_pygls(b"".join(lsp_frame(m) for m in messages)) == messages
+
+
+@pytest.mark.parametrize("broken", [
+    b'Content-Length: 500\r\n\r\n{"id": 1',                 # shorter than announced
+    b'Content-Length: 3\r\n\r\n{"id": 1, "params": [1]}',   # longer than announced
+])
+def test_a_wrong_content_length_costs_its_own_frame_only(broken):
+    later = [{"id": 2}, {"id": 3, "params": "x" * 1000}]
+    assert read_by_pygls(broken + b"".join(lsp_frame(m) for m in later)) == later

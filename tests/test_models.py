@@ -55,3 +55,26 @@ def test_wrong_engine_for_a_model_is_a_clear_error(tmp_path):
 def test_missing_directory_is_an_error(tmp_path):
     with pytest.raises(OSError):
         load_model(str(tmp_path / "nope"), kind="diffusion")
+
+
+@pytest.mark.parametrize("name", ["fim-tiny-dlm", "fim-tiny-ar", "starcoder2", "codellama"])
+def test_forwards_use_the_cache_argument_this_transformers_takes(tmp_path, name):
+    """No deprecation warning from the engines' forwards (transformers 5.24 renamed
+    past_key_values to cache), and the cache still comes back filled."""
+    import warnings
+
+    from fim_server.engine import load_engine
+    from fim_server.engine.types import InfillRequest
+    from fim_server.models.loader import cache_keyword
+    from fim_server.wire.options import DecodeConfig
+
+    fam = FAMILIES[name]
+    path = build_random_checkpoint(tmp_path, name)
+    engine = load_engine(fam.kind, str(path), device="cpu")
+    assert cache_keyword(engine.model) in ("cache", "past_key_values")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        result = engine.infill([InfillRequest("def f(x):\n    return ", "\n", key="doc")],
+                               DecodeConfig(engine=fam.kind, max_tokens=4, length="fixed"))[0]
+    assert result.stats.nfe > 0
+    assert engine.cached_documents() == 1          # the prompt KV came back out of the forward

@@ -171,7 +171,9 @@ def test_indentation_kept(middle, prefix):
 def test_postprocess_single_line_cut_and_closer():
     prefix = "result = compute("
     suffix = ")\nprint(result)\n"
-    assert postprocess("a, b))\nprint(result)\n", prefix, suffix, single_line=True) == "a, b)"
+    # one `(` open, the suffix closes it: both of the middle's `)` are repeats
+    # (this test once expected "a, b)", which left `compute(a, b))` in the file)
+    assert postprocess("a, b))\nprint(result)\n", prefix, suffix, single_line=True) == "a, b"
 
 
 def test_postprocess_multi_line_keeps_following_lines():
@@ -203,3 +205,36 @@ def test_postprocess_whitespace_only_is_empty(middle):
 
 def test_postprocess_keeps_plain_completion():
     assert postprocess("range(10):", "for i in ", "\n    pass\n", single_line=True) == "range(10):"
+
+
+# --- once is enough: postprocess is idempotent ----------------------------------------------
+
+def test_the_issue_examples_are_right_and_stable():
+    # `x = f(g(` + `a))` + `)`: two open, the suffix closes one, so one `)` of the middle goes
+    assert postprocess("a))", "x = f(g(", ")\n", single_line=True) == "a)"
+    # doubled indentation goes at once, not one level per pass (8 -> 4 -> 0 before)
+    assert postprocess("        y = 1", "def f():\n    ", "\n", single_line=False) == "y = 1"
+
+
+def _cases():
+    """Hand-made middles around closers, indentation and repeated lines, and random ones."""
+    import random
+
+    prefixes = ["x = f(g(", "print(", "def f(x):\n    ", "y = ", "s = \"lo", "    if (a and (b", "", "\t"]
+    suffixes = [")\n", "))\n", "\n", "\n    return y\n", "\"\n", ");\n", "", "]\n", "x = 1\n"]
+    middles = ["a))", "a)", "foo(bar(x))", "        y = 1", "    y = x + 1\n    return y\n", "lo\"", "x;",
+               ")", "\n", "b, c]", "return y\n", "x\nx\n", "    ", "a, b))\nprint(r)\n"]
+    rng = random.Random(7)
+    alphabet = "ab()[]\"'; ,\n    x="
+    middles += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(300)]
+    for m in middles:
+        for p in prefixes:
+            for s in suffixes:
+                yield m, p, s
+
+
+def test_postprocess_is_idempotent():
+    for middle, prefix, suffix in _cases():
+        for single in (False, True):
+            once = postprocess(middle, prefix, suffix, single)
+            assert postprocess(once, prefix, suffix, single) == once, (middle, prefix, suffix, single)

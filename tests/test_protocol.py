@@ -16,7 +16,7 @@ from fim_server.wire.protocol import (
 ALL_MESSAGES = [
     InfillMsg(id="r1", prefix="def add(a, b):\n    ", suffix="\n", doc_key="file:///a.py",
               options={"threshold": 0.8, "cache": "prefix", "block_size": 16},
-              max_tokens=32, single_line=True, deadline_ms=1.7e12, engine="ar"),
+              max_tokens=32, single_line=True, timeout_ms=1500.0, engine="ar"),
     InfillMsg(id="r2", prefix="", suffix=""),
     InfillMsg(id="ü-🙂", prefix="αβγ 🙂", suffix="\x00end"),
     ResponseMsg(id="r1", text="return a + b", stats={"steps": 3, "ms": 12.5, "per_block": [1, 2],
@@ -86,8 +86,8 @@ def test_optional_fields_may_be_missing_or_nil():
 
 
 def test_int_accepted_for_float_field():
-    msg = decode(frame(**infill_fields(deadline_ms=1_700_000_000_000)))
-    assert msg.deadline_ms == 1.7e12 and isinstance(msg.deadline_ms, float)
+    msg = decode(frame(**infill_fields(timeout_ms=1500)))
+    assert msg.timeout_ms == 1500.0 and isinstance(msg.timeout_ms, float)
 
 
 def test_unknown_extra_fields_are_ignored():
@@ -194,10 +194,10 @@ def test_cancel_needs_id_or_doc_key():
     ("max_tokens", "32"),
     ("single_line", 1),
     ("single_line", "yes"),
-    ("deadline_ms", True),
-    ("deadline_ms", "soon"),
-    ("deadline_ms", float("nan")),
-    ("deadline_ms", float("inf")),
+    ("timeout_ms", True),
+    ("timeout_ms", "soon"),
+    ("timeout_ms", float("nan")),
+    ("timeout_ms", float("inf")),
     ("engine", 1),
 ])
 def test_wrong_field_types(field, value):
@@ -380,6 +380,15 @@ def _config_error(**kw):
     assert info.value.code is ErrorCode.bad_request
     assert info.value.id == "r"
     return info.value.message
+
+
+def test_request_config_refuses_a_context_that_cannot_hold_the_middle():
+    """context_tokens=1 with max_tokens=8 passed every single check and then failed inside the
+    engine with `internal`: the combination is checked at the boundary."""
+    message = _config_error(options={"context_tokens": 1}, max_tokens=8)
+    assert "context_tokens" in message and "max_tokens" in message
+    assert request_config(InfillMsg(id="r", prefix="", suffix="", max_tokens=8,
+                                    options={"context_tokens": 16}), BASE).context_tokens == 16
 
 
 def test_request_config_unknown_option():

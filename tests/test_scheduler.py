@@ -1,7 +1,5 @@
 """The worker's pieces that need no socket: queue and batching, reuse cache, percentiles."""
 
-import time
-
 from fim_server.wire.options import DecodeConfig
 from fim_server.wire.protocol import InfillMsg
 from fim_server.wire.typed_ahead import TypedAhead
@@ -11,13 +9,26 @@ from fim_server.measure import percentile
 FAST, OTHER = DecodeConfig(max_tokens=8), DecodeConfig(max_tokens=9)
 
 
-def job(id, doc_key=None, config=FAST, deadline_ms=None, client=b"c1"):
-    msg = InfillMsg(id=id, prefix="p", suffix="s", doc_key=doc_key, deadline_ms=deadline_ms)
-    return Job(envelope=[client], msg=msg, config=config, received=time.monotonic() - 1)
+class FakeClock:
+    """Monotonic seconds that move only when a test says so."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = FakeClock()
+
+
+def job(id, doc_key=None, config=FAST, timeout_ms=None, client=b"c1", clock=CLOCK):
+    msg = InfillMsg(id=id, prefix="p", suffix="s", doc_key=doc_key, timeout_ms=timeout_ms)
+    return Job(envelope=[client], msg=msg, config=config, received=clock())
 
 
 def test_bounded_queue_and_batches_of_one_config():
-    s = Scheduler(limit=4, max_batch=2, batch_wait_s=0)
+    s = Scheduler(limit=4, max_batch=2, batch_wait_s=0, clock=CLOCK)
     jobs = [job("a"), job("b", config=OTHER), job("c"), job("d")]
     assert all(s.submit(j) for j in jobs)
     assert not s.submit(job("e"))                    # full: the caller answers busy
@@ -29,15 +40,17 @@ def test_bounded_queue_and_batches_of_one_config():
 
 
 def test_expired_jobs_are_handed_back_not_batched():
-    s = Scheduler(limit=4, max_batch=4, batch_wait_s=0)
-    s.submit(job("late", deadline_ms=time.time() * 1000 - 1))
-    s.submit(job("fine", deadline_ms=time.time() * 1000 + 60_000))
+    clock = FakeClock()
+    s = Scheduler(limit=4, max_batch=4, batch_wait_s=0, clock=clock)
+    s.submit(job("late", timeout_ms=100, clock=clock))
+    s.submit(job("fine", timeout_ms=60_000, clock=clock))
+    clock.now += 0.1                                  # the budget is relative to the receipt
     batch, expired = s.next_batch(0.1)
     assert [j.msg.id for j in batch] == ["fine"] and [j.msg.id for j in expired] == ["late"]
 
 
 def test_supersede_cancel_and_should_stop():
-    s = Scheduler(limit=8, max_batch=1, batch_wait_s=0)
+    s = Scheduler(limit=8, max_batch=1, batch_wait_s=0, clock=CLOCK)
     s.submit(job("run", doc_key="d"))
     batch, _ = s.next_batch(0.1)
     s.submit(job("queued", doc_key="d"))
@@ -53,13 +66,15 @@ def test_supersede_cancel_and_should_stop():
 
 
 def test_should_stop_on_deadline_and_close():
-    s = Scheduler(limit=8, max_batch=1, batch_wait_s=0)
-    s.submit(job("soon", deadline_ms=time.time() * 1000 + 50))
+    clock = FakeClock()
+    s = Scheduler(limit=8, max_batch=1, batch_wait_s=0, clock=clock)
+    s.submit(job("soon", timeout_ms=50, clock=clock))
     batch, _ = s.next_batch(0.1)
+    clock.now += 0.049
     assert s.should_stop(batch)([0]) == set()
-    time.sleep(0.06)
+    clock.now += 0.001                                # the 50 ms budget is spent
     assert s.should_stop(batch)([0]) == {0} and batch[0].stop_reason == DEADLINE
-    s.submit(job("left"))
+    s.submit(job("left", clock=clock))
     assert [j.stop_reason for j in s.close()] == [SHUTDOWN]
     assert s.next_batch(0.1) == (None, [])
 
@@ -80,3 +95,15 @@ def test_percentile_nearest_rank():
     assert percentile([], 50) is None
     assert percentile([3, 1, 2], 50) == 2
     assert percentile(list(range(1, 101)), 95) == 95
+
+
+def test_a_skewed_wall_clock_does_not_move_deadlines():
+    """The budget is relative and judged on the worker's own monotonic clock: a client whose
+    wall clock is hours off still gets its full budget (absolute epoch deadlines did not)."""
+    clock = FakeClock(now=5.0)
+    s = Scheduler(limit=8, max_batch=1, batch_wait_s=0, clock=clock)
+    s.submit(job("r", timeout_ms=2000, clock=clock))
+    clock.now += 1.9
+    batch, expired = s.next_batch(0.1)
+    assert [j.msg.id for j in batch] == ["r"] and expired == []
+    assert batch[0].deadline == 7.0

@@ -52,5 +52,7 @@ def test_diffusion_twin_starts_from_the_ar_snapshot_and_exports(ar_runs, tmp_pat
     export(final, tmp_path / "bundle")
     engine = load_engine("diffusion", str(tmp_path / "bundle"), dtype="float32")
     assert engine.shifted                                   # the convention travels with the checkpoint
-    result = engine.infill([InfillRequest("def f(x):\n    return ", "\n")], DecodeConfig(max_tokens=4))[0]
-    assert result.stats.nfe >= 1 and isinstance(result.text, str)
+    req, config = InfillRequest("def f(x):\n    return ", "\n"), DecodeConfig(max_tokens=4)
+    result = engine.infill([req], config)[0]
+    assert 1 <= result.stats.nfe and result.stats.tokens == len(result.token_ids) <= 4
+    assert result.text == engine.text(result.token_ids, req, config)     # the ids decode to the text

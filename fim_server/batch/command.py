@@ -84,7 +84,7 @@ def make_summary(inputs: Inputs, units: list, job: InfillJob, writer: FileWriter
         "holes": {"total": sum(u.n_holes for u in units), "filled": filled, "skipped": count(units, SKIPPED),
                   "failed": count(units, FAILED), "truncated": truncated(units)},
         "files": {"scanned": inputs.scanned, "with_holes": len(inputs.files), "written": len(writer.written),
-                  "left_as_is_all_holes_failed": len(writer.untouched)},
+                  "left_as_is_all_holes_failed": len(writer.untouched), "skipped_binary": inputs.skipped_binary},
         "tasks": len(inputs.tasks),
         "bad_inputs": len(inputs.problems),
         "requests_computed": job.computed,          # distinct requests: identical holes are decoded once

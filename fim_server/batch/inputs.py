@@ -16,6 +16,8 @@ from typing import Iterable, Iterator, Optional
 from .holes import Hole, find_holes
 
 SKIP_DIRS = {"__pycache__", "node_modules"}     # besides hidden directories (.git, .venv, ...)
+BINARY = "binary file (contains NUL bytes)"
+SNIFF_BYTES = 8000              # how much of an over-size file is read to tell binary (as git does)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Inputs:
     tasks: list[Task] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     scanned: int = 0                                             # text files read
+    skipped_binary: int = 0                                      # binary files found in directories
     root: Optional[Path] = None                                  # common root of the path arguments
 
 
@@ -83,13 +86,15 @@ def read_source(path: Path, max_bytes: int) -> tuple[Optional[str], Optional[str
         if not stat.S_ISREG(st.st_mode):
             return None, "not a regular file"
         size = st.st_size
-        if size > max_bytes:
-            return None, f"too large: {size} bytes (limit {max_bytes}, --max-file-bytes)"
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            # an over-size file is only sniffed: a large image is binary, not too large
+            data = handle.read(SNIFF_BYTES) if size > max_bytes else handle.read()
     except OSError as exc:
         return None, f"unreadable: {exc.strerror or exc}"
     if b"\x00" in data:
-        return None, "binary file (contains NUL bytes)"
+        return None, BINARY
+    if size > max_bytes:
+        return None, f"too large: {size} bytes (limit {max_bytes}, --max-file-bytes)"
     try:
         return data.decode("utf-8"), None
     except UnicodeDecodeError as exc:
@@ -97,13 +102,19 @@ def read_source(path: Path, max_bytes: int) -> tuple[Optional[str], Optional[str
 
 
 def scan(paths: list[Path], marker: str, max_bytes: int, exclude: Iterable[Path] = ()) -> Inputs:
+    """Binary files found in a directory are skipped and counted, as black and ripgrep do (a
+    tree's images and .pyc files are not source); one named on the command line is a problem."""
     inputs = Inputs(root=common_root(paths) if paths else None)
+    named = {p.resolve() for p in paths if not p.is_dir()}
     seen: set[Path] = set()
     for path, bad in walk(paths, exclude):
         if bad is None and path.resolve() in seen:
             continue            # named twice (a file and its directory)
         seen.add(path.resolve())
         text, bad = (None, bad) if bad else read_source(path, max_bytes)
+        if text is None and bad == BINARY and path.resolve() not in named:
+            inputs.skipped_binary += 1
+            continue
         if text is None:
             inputs.problems.append(Problem(str(path), bad))
             continue

@@ -82,7 +82,8 @@ def print_summary(summary: dict, stream: TextIO = sys.stderr, limit: int = 20) -
           f"{h['failed']} failed of {h['total']} holes in {summary['time_s']:.1f} s "
           f"({summary['holes_per_s']:.2f} holes/s); {h['truncated']} with truncated context", file=stream)
     f = summary["files"]
-    print(f"files: {f['scanned']} read, {f['with_holes']} with holes, {f['written']} written; "
+    print(f"files: {f['scanned']} read, {f['with_holes']} with holes, {f['written']} written, "
+          f"{f['skipped_binary']} binary skipped; "
           f"tasks: {summary['tasks']}; bad inputs: {summary['bad_inputs']}", file=stream)
     notes = summary["problems"] + summary["hole_messages"]
     for n in notes[:limit]:

@@ -80,8 +80,7 @@ class AREngine(Engine):
 
     def budget(self, config: DecodeConfig) -> int:
         """Tokens left for prefix + suffix once the middle and the special tokens have room."""
-        limit = config.context_tokens or self.lm.context_tokens
-        return limit - config.max_tokens - self.special_tokens
+        return self.context_limit(config) - config.max_tokens - self.special_tokens
 
     # ---------------------------------------------------------------- set-up and results
 
@@ -151,9 +150,9 @@ class AREngine(Engine):
         """One causal forward of input_ids [B, T] (mask [B, past + T]) over the cache, which it
         extends: logits [B, T, V], or [B, 1, V] for the last position only when `last_only`."""
         extra = {"logits_to_keep": 1} if last_only and self.takes_keep else {}
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, **extra)
-        return out.logits[:, -1:] if last_only else out.logits
+        logits, _ = self.lm.forward(cache, input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                    use_cache=True, **extra)
+        return logits[:, -1:] if last_only else logits
 
     def pick(self, logits: torch.Tensor, config: DecodeConfig,
              generator: Optional[torch.Generator]) -> torch.Tensor:

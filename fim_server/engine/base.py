@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from fim_server.wire.options import DecodeConfig
+from fim_server.wire.options import RESERVED_TOKENS, DecodeConfig, OptionError
 
 from .postprocess import postprocess
 from .prefix_store import PrefixStore
@@ -55,6 +55,17 @@ class Engine(ABC):
         self.decode(rows, config, should_stop)
         timing = Timing(t0, (t1 - t0) * 1000 / len(rows), (time.perf_counter() - t1) * 1000)
         return [self.result(row, req, config, timing) for row, req in zip(rows, requests)]
+
+    def context_limit(self, config: DecodeConfig) -> int:
+        """Prefix + middle + suffix tokens: the request's context_tokens, never past the model's."""
+        return min(config.context_tokens or self.lm.context_tokens, self.lm.context_tokens)
+
+    def check(self, config: DecodeConfig) -> None:
+        """Raise OptionError when `config` cannot run on this model (the worker answers bad_request)."""
+        limit = self.lm.context_tokens
+        if config.max_tokens + RESERVED_TOKENS > limit:
+            raise OptionError("max_tokens", f"max_tokens {config.max_tokens} leaves no room for context in "
+                                            f"this model's {limit}-token window (at most {limit - RESERVED_TOKENS})")
 
     def forget(self, key: str) -> None:
         """A document was closed: drop what was kept for it."""

@@ -65,11 +65,15 @@ class DiffusionEngine(Engine):
             raise ValueError(f"{self.lm.family.name} has no expand/delete tokens; use length=fixed")
         return config.length == "expand" or (config.length == "auto" and has_tokens)
 
+    def budget(self, config: DecodeConfig) -> int:
+        """Tokens left for prefix + suffix once the middle, a BOS and a spare position have room."""
+        bos = 1 if self.ids.bos is not None else 0
+        return self.context_limit(config) - config.max_tokens - bos - 1
+
     def start(self, req: InfillRequest, config: DecodeConfig) -> Canvas:
         expand = self.expand_policy(config)
-        limit = config.context_tokens or self.lm.context_tokens
         bos = [self.ids.bos] if self.ids.bos is not None else []
-        ctx = fit_context(self.tok, req.prefix, req.suffix, limit - config.max_tokens - len(bos) - 1)
+        ctx = fit_context(self.tok, req.prefix, req.suffix, self.budget(config))
         lead = bos + ctx.prefix_ids
         if self.shifted and not lead:
             lead = [self.ids.pad]        # shifted logits need a position before the first middle token
@@ -218,10 +222,11 @@ class DiffusionEngine(Engine):
         span = max(e - s for s, e in windows)
         keep = torch.tensor([[min(s + i, e - 1) for i in range(span)] for s, e in windows], device=dev)   # [B, W]
         extra = {"logits_to_keep": keep} if self.takes_keep else {}
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos,
-                         past_key_values=cache, use_cache=cache is not None, **extra)
-        logits = out.logits if self.takes_keep else torch.take_along_dim(out.logits, keep[..., None], dim=1)
-        return logits, out.past_key_values
+        logits, past = self.lm.forward(cache, input_ids=input_ids, attention_mask=mask, position_ids=pos,
+                                       use_cache=cache is not None, **extra)
+        if not self.takes_keep:
+            logits = torch.take_along_dim(logits, keep[..., None], dim=1)
+        return logits, past
 
     def _full_forward(self, rows: list[Canvas], capture: bool, mode: str) -> dict[int, torch.Tensor]:
         """Every position of each row, except the leading ones whose KV was reused from the

@@ -2,6 +2,8 @@
 
 Pure text, no model. The document after insertion is prefix + middle + suffix; every rule
 here looks at that document and removes only what repeats text the user already has.
+`postprocess` runs once, in the engine, and is idempotent: running it on its own output
+changes nothing (front-ends may apply their editor rules on top, never these again).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ QUOTES = "\"'`"
 # trimmed only together with a duplicated closer, or when they are the whole rest of the line
 PUNCTUATION = ";,"
 TRIMMABLE = "".join(OPENERS) + QUOTES + PUNCTUATION
+CONTEXT_LINES = 16           # prefix lines whose unclosed brackets a closer in the middle may close
+MAX_PASSES = 8               # postprocess repeats its rules until nothing changes (a few passes at most)
 
 
 def line_complete(middle: str) -> bool:
@@ -75,20 +79,29 @@ def _trim_repeated_lines(middle: str, suffix: str, prefix: str | None) -> str:
     return middle
 
 
-def _closer_is_duplicate(middle: str, overlap: str) -> bool:
+def _unclosed(prefix: str | None, closer: str) -> int:
+    """How many `closer`-kind brackets the prefix's last lines leave open (0 when unknown)."""
+    if prefix is None:
+        return 0
+    recent = "\n".join(prefix.split("\n")[-CONTEXT_LINES:])
+    return max(0, recent.count(OPENERS[closer]) - recent.count(closer))
+
+
+def _closer_is_duplicate(middle: str, overlap: str, prefix: str | None = None) -> bool:
     """Whether the closers/quotes in `overlap` are surplus in the middle.
 
     A closing bracket is surplus when the middle closes more of that kind than it opens (it
-    closes something opened before the cursor, which the suffix closes already); a quote when
-    the middle holds an odd number of it. `foo(bar(x))` before `)` is balanced: kept.
-    Punctuation in the overlap rides along with a duplicated closer.
+    closes something opened before the cursor) and, with the suffix's, more than the prefix
+    left open: `f(g(` + `a))` + `)` closes three of two, so one `)` goes, and `a)` then stays
+    (two of two). A quote is surplus when the middle holds an odd number of it. `foo(bar(x))`
+    before `)` is balanced: kept. Punctuation in the overlap rides along with a duplicated closer.
     """
     found = False
     for char in set(overlap):
         wanted = overlap.count(char)
         if char in OPENERS:
             surplus = middle.count(char) - middle.count(OPENERS[char])
-            if surplus < wanted:
+            if surplus < wanted or surplus + wanted <= _unclosed(prefix, char):
                 return False
             found = True
         elif char in QUOTES:
@@ -100,7 +113,7 @@ def _closer_is_duplicate(middle: str, overlap: str) -> bool:
     return found
 
 
-def _trim_cursor_line(middle: str, suffix: str) -> str:
+def _trim_cursor_line(middle: str, suffix: str, prefix: str | None = None) -> str:
     """Drop closing characters at the middle's end that the suffix already starts with.
 
     `foo(x))` before `)\\n` -> `foo(x)`; `return x;` before `;\\n` -> `return x`. The longest
@@ -117,7 +130,7 @@ def _trim_cursor_line(middle: str, suffix: str) -> str:
         if not middle.endswith(overlap):
             continue
         whole_rest = overlap == rest_of_line.rstrip()
-        if _closer_is_duplicate(middle, overlap) or (whole_rest and not set(overlap) - set(PUNCTUATION)):
+        if _closer_is_duplicate(middle, overlap, prefix) or (whole_rest and not set(overlap) - set(PUNCTUATION)):
             return middle[: len(middle) - size]
     return middle
 
@@ -127,11 +140,12 @@ def trim_suffix_overlap(middle: str, suffix: str, prefix: str | None = None) -> 
 
     `prefix` (optional) lets the middle's first line be compared as a whole document line.
     """
-    return _trim_cursor_line(_trim_repeated_lines(middle, suffix, prefix), suffix)
+    return _trim_cursor_line(_trim_repeated_lines(middle, suffix, prefix), suffix, prefix)
 
 
 def fix_indentation(middle: str, prefix: str) -> str:
-    """Don't indent twice: the prefix already ends with the line's indentation.
+    """Don't indent twice: the prefix already ends with the line's indentation, so every copy of
+    it at the middle's start is a repeat (8 spaces after a 4-space indentation: both go at once).
 
     Only the first line is changed; later lines start at column 0 of the document, so their
     indentation (and with it the relative indentation) is kept as generated.
@@ -139,8 +153,8 @@ def fix_indentation(middle: str, prefix: str) -> str:
     indent = _last_line(prefix)
     if not indent or indent.strip():
         return middle
-    if middle.startswith(indent):
-        return middle[len(indent):]
+    while middle.startswith(indent):
+        middle = middle[len(indent):]
     return middle
 
 
@@ -149,7 +163,17 @@ def _starts_new_line(suffix: str) -> bool:
 
 
 def postprocess(middle: str, prefix: str, suffix: str, single_line: bool) -> str:
-    """The text to insert: first line (single-line mode), indentation fixed, overlap trimmed."""
+    """The text to insert: first line (single-line mode), indentation fixed, overlap trimmed;
+    the rules run again until the text stops changing, so the result is a fixed point."""
+    for _ in range(MAX_PASSES):
+        cleaned = _clean(middle, prefix, suffix, single_line)
+        if cleaned == middle:
+            break
+        middle = cleaned
+    return middle
+
+
+def _clean(middle: str, prefix: str, suffix: str, single_line: bool) -> str:
     if single_line:
         middle = first_line(middle)
     middle = fix_indentation(middle, prefix)

@@ -204,6 +204,10 @@ class SpeculativeEngine(Engine):
     def cached_documents(self) -> int:
         return self.verifier.cached_documents() + self.draft.cached_documents()
 
+    def check(self, config: DecodeConfig) -> None:
+        self.verifier.check(config)
+        self.draft.check(config)
+
     # ---------------------------------------------------------------- set-up and results
 
     def start(self, req: InfillRequest, config: DecodeConfig) -> _Row:
@@ -211,8 +215,7 @@ class SpeculativeEngine(Engine):
         ctx = fit_context(self.tok, req.prefix, req.suffix, ar.budget(config))      # as the AR engine does
         d_ids = self.draft.ids
         bos = [d_ids.bos] if d_ids.bos is not None else []
-        limit = config.context_tokens or self.draft_lm.context_tokens
-        d_ctx = fit_context(self.draft.tok, req.prefix, req.suffix, limit - config.max_tokens - len(bos) - 1)
+        d_ctx = fit_context(self.draft.tok, req.prefix, req.suffix, self.draft.budget(config))
         stats = Stats(engine="speculative", cache=config.cache, truncated=ctx.truncated,
                       prompt_tokens=len(ctx.prefix_ids) + len(ctx.suffix_ids))
         return _Row(prompt=ar.prompt(ctx.prefix_ids, ctx.suffix_ids), draft_lead=bos + d_ctx.prefix_ids,

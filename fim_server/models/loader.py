@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import sys
 from dataclasses import dataclass
@@ -31,6 +32,19 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     context_tokens: int              # prefix + middle + suffix budget
+
+    def forward(self, cache, **inputs) -> tuple[torch.Tensor, object]:
+        """model(**inputs) with the KV cache passed under the name this transformers takes:
+        (logits, the cache after the forward)."""
+        key = cache_keyword(self.model)
+        out = self.model(**inputs, **{key: cache})
+        return out.logits, getattr(out, key, None)
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The forward's argument for the KV cache: `cache` from transformers 5.24 on (there the old
+    `past_key_values` warns that it goes in 5.40), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def pick_device(device: Optional[str] = None) -> torch.device:

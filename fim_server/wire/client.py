@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 import uuid
 from typing import Any, Optional
 
@@ -30,7 +29,7 @@ import zmq.asyncio
 
 from .protocol import (
     CancelMsg, CloseMsg, ErrorCode, ErrorMsg, HealthMsg, InfillMsg, Msg, ProtocolError, ResponseMsg,
-    StatsMsg, decode, encode,
+    StatsMsg, decode, encodable, encode,
 )
 
 log = logging.getLogger(__name__)
@@ -54,11 +53,12 @@ class _SocketReset(Exception):
     """The socket a request was sent on was replaced; its reply can no longer arrive."""
 
 
-def worker_deadline_ms(deadline_s: float) -> float:
-    """The absolute deadline sent to the worker: a little before the client's own, so that a
-    worker that is alive but too slow answers `deadline` before the client gives up on it."""
+def worker_timeout_ms(deadline_s: float) -> float:
+    """The time budget sent to the worker, relative to its receipt (no shared wall clock): a
+    little less than the client's own, so that a worker that is alive but too slow answers
+    `deadline` before the client gives up on it."""
     margin = min(0.25, deadline_s * 0.1)
-    return (time.time() + deadline_s - margin) * 1000.0
+    return (deadline_s - margin) * 1000.0
 
 
 class WorkerClient:
@@ -88,9 +88,10 @@ class WorkerClient:
                      single_line: Optional[bool] = None, deadline_s: float = 2.0,
                      id: Optional[str] = None) -> ResponseMsg:
         """Complete the middle. `id` (default: a fresh one) is what cancel(id=...) names."""
+        prefix, suffix = encodable(prefix), encodable(suffix)
         msg = InfillMsg(id=id or self._new_id(), prefix=prefix, suffix=suffix, doc_key=doc_key,
                         options=dict(options or {}), max_tokens=max_tokens, single_line=single_line,
-                        deadline_ms=worker_deadline_ms(deadline_s))
+                        timeout_ms=worker_timeout_ms(deadline_s))
         try:
             return await self._call(msg, deadline_s)
         except asyncio.CancelledError:

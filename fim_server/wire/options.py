@@ -20,6 +20,7 @@ ENGINES = ("diffusion", "ar", "speculative")
 CACHE_MODES = ("none", "prefix", "dual")
 UNMASK_RULES = ("threshold", "factor", "eb")
 LENGTH_POLICIES = ("auto", "expand", "fixed")
+RESERVED_TOKENS = 8          # special tokens a layout may add around prefix, middle and suffix (BOS, FIM, ...)
 
 
 def option(default: Any, help: str, choices: tuple[str, ...] = (), lo: float = 0, hi: float = 0) -> Any:
@@ -66,6 +67,11 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check(f, getattr(self, f.name))
+        if self.context_tokens and self.context_tokens < self.max_tokens + RESERVED_TOKENS:
+            raise OptionError("context_tokens", f"context_tokens {self.context_tokens} cannot hold a "
+                                                f"{self.max_tokens}-token middle: give at least "
+                                                f"{self.max_tokens + RESERVED_TOKENS} (max_tokens + "
+                                                f"{RESERVED_TOKENS}) or 0 for the model's own limit")
 
     @property
     def step_cap(self) -> int:

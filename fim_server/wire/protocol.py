@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
@@ -52,6 +53,10 @@ MAX_MESSAGE_CHARS = 16_384          # error message text
 MAX_OPTIONS = 64                    # entries in InfillMsg.options
 MAX_STATS_ENTRIES = 1024            # entries in a stats map
 MAX_STATS_DEPTH = 8                 # nesting of maps/lists inside a stats map
+
+# A lone surrogate (JSON lets an editor send "\ud800") is no character: msgpack cannot encode it.
+# U+FFFD keeps position arithmetic: 1 code point, 1 UTF-16 unit, like the surrogate it replaces.
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Limits handed to msgpack.unpackb (it also derives limits from the frame size).
 _MAX_ARRAY_LEN = 65_536
@@ -104,7 +109,8 @@ class InfillMsg:
     options: dict[str, Any] = field(default_factory=dict)  # DecodeConfig overrides
     max_tokens: int | None = None
     single_line: bool | None = None
-    deadline_ms: float | None = None    # absolute unix epoch milliseconds
+    timeout_ms: float | None = None     # time budget from when the worker receives it (relative:
+                                        # a worker on a skewed clock still judges it right)
     engine: str | None = None
 
 
@@ -276,7 +282,7 @@ _SPECS: dict[MsgType, tuple[type, dict[str, tuple[Callable[[str, Any], Any], boo
         "options": (_options, False),
         "max_tokens": (_optional(_integer), False),
         "single_line": (_optional(_boolean), False),
-        "deadline_ms": (_optional(_number), False),
+        "timeout_ms": (_optional(_number), False),
         "engine": (_optional(_SHORT), False),
     }),
     MsgType.response: (ResponseMsg, {
@@ -423,6 +429,11 @@ def request_config(msg: InfillMsg, base: DecodeConfig) -> DecodeConfig:
         return apply(base, changes)
     except OptionError as exc:
         raise ProtocolError(ErrorCode.bad_request, f"bad decoding option: {exc}", msg.id) from None
+
+
+def encodable(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD, so that it can go on the wire."""
+    return SURROGATE.sub("\ufffd", text)
 
 
 def error_from(exc: ProtocolError, id: str | None = None) -> ErrorMsg:

@@ -24,9 +24,11 @@ MODULE_COMMAND = (sys.executable, "-m", "fim_server.cli")
 
 
 def serve_command(address: str, *, engine: Optional[str] = None, model: Optional[str] = None,
-                  ar_model: Optional[str] = None, threads: int = 0, extra: Sequence[str] = (),
+                  ar_model: Optional[str] = None, threads: int = 0, parent_pid: Optional[int] = None,
+                  idle_exit_s: float = 0, extra: Sequence[str] = (),
                   program: Sequence[str] = MODULE_COMMAND) -> list[str]:
-    """The command line of a worker on `address` (the AR verifier only for speculative)."""
+    """The command line of a worker on `address` (the AR verifier only for speculative). A
+    spawner passes its own pid as `parent_pid`, so that the worker does not outlive it."""
     cmd = [*program, "serve", "--bind", address]
     if engine:
         cmd += ["--engine", engine]
@@ -36,6 +38,10 @@ def serve_command(address: str, *, engine: Optional[str] = None, model: Optional
         cmd += ["--ar-model", ar_model]
     if threads:
         cmd += ["--threads", str(threads)]
+    if parent_pid:
+        cmd += ["--parent-pid", str(parent_pid)]
+    if idle_exit_s:
+        cmd += ["--idle-exit", f"{idle_exit_s:g}"]
     return [*cmd, *extra]
 
 
@@ -79,10 +85,12 @@ def wait_ready(proc: subprocess.Popen, log: Path, timeout: float = READY_TIMEOUT
 
 
 class SpawnedWorker:
-    """A blocking spawner: starts the worker, returns once it is ready; `stop` ends it."""
+    """A blocking spawner: starts the worker, returns once it is ready; `stop` ends it. The
+    worker exits by itself when this process is gone (a killed bench or test run)."""
 
     def __init__(self, address: str, log_path: Path, *, timeout: float = READY_TIMEOUT_S, **command):
         threads = command.get("threads", 0)
+        command.setdefault("parent_pid", os.getpid())
         self.log_path = Path(log_path)
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(serve_command(address, **command), stdout=subprocess.PIPE,

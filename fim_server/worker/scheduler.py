@@ -16,8 +16,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from fim_server.wire.options import DecodeConfig
 from fim_server.wire.protocol import InfillMsg
@@ -29,9 +29,7 @@ SHUTDOWN = "shutdown"       # the worker is stopping
 DEADLINE = "deadline"       # its deadline passed
 
 
-def now_ms() -> float:
-    """Wall-clock epoch milliseconds: deadlines on the wire are absolute epoch times."""
-    return time.time() * 1000.0
+Clock = Callable[[], float]          # monotonic seconds; tests inject their own
 
 
 @dataclass(eq=False)
@@ -39,16 +37,22 @@ class Job:
     envelope: list[bytes]           # ROUTER routing frames: the reply goes back with them
     msg: InfillMsg
     config: DecodeConfig
-    received: float = field(default_factory=time.monotonic)
+    received: float                 # the scheduler's clock when the request arrived
     stop_reason: Optional[str] = None
 
     @property
     def client(self) -> bytes:
         return self.envelope[0]
 
-    def expired(self, at_ms: Optional[float] = None) -> bool:
-        deadline = self.msg.deadline_ms
-        return deadline is not None and (now_ms() if at_ms is None else at_ms) >= deadline
+    @property
+    def deadline(self) -> Optional[float]:
+        """When the request's time budget (timeout_ms, relative: no shared wall clock) runs out."""
+        timeout = self.msg.timeout_ms
+        return None if timeout is None else self.received + timeout / 1000.0
+
+    def expired(self, now: float) -> bool:
+        deadline = self.deadline
+        return deadline is not None and now >= deadline
 
     def matches(self, client: bytes, id: Optional[str], doc_key: Optional[str]) -> bool:
         """A client's own request, by id or by document (two editors on one file share a
@@ -59,7 +63,8 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, limit: int, max_batch: int, batch_wait_s: float):
+    def __init__(self, limit: int, max_batch: int, batch_wait_s: float, clock: Clock = time.monotonic):
+        self.clock = clock
         self.limit = limit
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
@@ -128,7 +133,7 @@ class Scheduler:
             taken = [j for j in self._pending if j.config == config][:self.max_batch]
             for job in taken:
                 self._pending.remove(job)
-            at = now_ms()
+            at = self.clock()
             expired = [j for j in taken if j.expired(at)]
             batch = [j for j in taken if not j.expired(at)]
             self._running.extend(batch)
@@ -143,14 +148,14 @@ class Scheduler:
             same = sum(1 for j in self._pending if j.config == first.config)
             return self._closed or first not in self._pending or same >= self.max_batch
 
-        remaining = until - time.monotonic()
+        remaining = until - self.clock()
         if remaining > 0:
             self._cond.wait_for(enough, remaining)
 
     def should_stop(self, batch: list[Job]):
         """The engine's ShouldStop for this batch: rows cancelled, superseded or past deadline."""
         def check(running: list[int]) -> set[int]:
-            at = now_ms()
+            at = self.clock()
             stop = set()
             with self._cond:
                 for i in running:

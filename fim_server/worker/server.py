@@ -19,20 +19,21 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import zmq
 
 from fim_server.engine.types import InfillRequest
 from fim_server.wire.addresses import DEFAULT_ADDRESS, tcp_host
 from fim_server.wire.curve import serve_curve
-from fim_server.wire.options import DecodeConfig
+from fim_server.wire.options import DecodeConfig, OptionError
 from fim_server.wire.protocol import (
     MAX_FRAME_BYTES, RETRYABLE_CODES, CancelMsg, CloseMsg, ErrorCode, ErrorMsg, HealthMsg, InfillMsg,
     Msg, ProtocolError, ResponseMsg, StatsMsg, decode, encode, error_from, request_config,
 )
 from fim_server.wire.typed_ahead import TypedAhead
 
+from .lifetime import EngineHealth, Parent, idle_expired
 from .scheduler import DEADLINE, Job, Scheduler
 from .stats import WorkerStats
 
@@ -42,6 +43,7 @@ REPLY_PIPE = "inproc://fim-worker-replies"
 DONE = b""                   # the compute thread's last message on the pipe: it has finished
 POLL_MS = 50                 # how often the socket loop notices a stop request
 DRAIN_S = 30.0               # how long shutdown waits for the running batch
+LIFETIME_CHECK_S = 1.0       # how often the socket loop looks at the parent and the idle time
 # Frames over this size make ZeroMQ drop the connection before buffering them. It is above
 # the protocol limit so that an oversized frame up to here still gets a too_large reply.
 MAX_WIRE_BYTES = 4 * MAX_FRAME_BYTES
@@ -55,6 +57,8 @@ class WorkerOptions:
     queue: int = 64
     curve_secret_key: Optional[str] = None
     curve_public_keys: Optional[str] = None
+    idle_exit_s: float = 0.0            # exit after this long without requests (0: never)
+    parent_pid: Optional[int] = None    # exit when this process is gone
 
 
 def error(id: Optional[str], code: ErrorCode, message: str) -> ErrorMsg:
@@ -92,10 +96,14 @@ class ServeError(Exception):
 
 
 class Worker:
-    def __init__(self, options: WorkerOptions, stop: threading.Event):
-        """Bind the sockets (before the model loads, so a bad address fails fast)."""
+    def __init__(self, options: WorkerOptions, stop: threading.Event, clock: Callable[[], float] = time.monotonic):
+        """Bind the sockets (before the model loads, so a bad address fails fast). `clock`
+        times the idle exit (tests pass their own)."""
         self.options = options
         self.stop = stop
+        self.clock = clock
+        # looked at now, before the model loads: a parent that dies during the load is noticed
+        self.parent = Parent(options.parent_pid) if options.parent_pid else None
         self.ctx = zmq.Context()
         self.auth = None
         try:
@@ -105,12 +113,15 @@ class Worker:
                 self.auth.stop()
             self.ctx.destroy(linger=0)
             raise ServeError(f"cannot serve on {options.bind}: {exc}") from None
-        self.scheduler = Scheduler(options.queue, options.max_batch, options.batch_wait_ms / 1000)
+        self.scheduler = Scheduler(options.queue, options.max_batch, options.batch_wait_ms / 1000, clock=clock)
         self.typed = TypedAhead()
         self.engine = None
         self.stats: Optional[WorkerStats] = None
         self.stopping = False
         self.compute_failed = False
+        self.health = EngineHealth()
+        self.dead: Optional[str] = None      # why the engine is dead (set by the compute thread)
+        self.last_active = clock()
 
     def _bind(self) -> None:
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -139,6 +150,7 @@ class Worker:
                                   "batch_wait_ms": self.options.batch_wait_ms,
                                   "curve": self.auth is not None})
         self.reply_fields = {k: info[k] for k in ("model", "family", "device", "random_weights")}
+        self.last_active = self.clock()
         compute = threading.Thread(target=self._compute_loop, name="fim-compute", daemon=True)
         compute.start()
         print(f"ready {self.endpoint}", flush=True)
@@ -148,7 +160,7 @@ class Worker:
         # wait for it forever; it is a daemon thread, so exiting the process ends it
         self.close(term=drained)
         log.info("stopped (%s)", "drained" if drained else "drain timed out")
-        return 0 if drained and not self.compute_failed else 1
+        return 0 if drained and not self.compute_failed and self.dead is None else 1
 
     def close(self, term: bool = True) -> None:
         self.pipe.close(linger=0)
@@ -167,7 +179,14 @@ class Worker:
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.pipe, zmq.POLLIN)
         drain_until = None
+        next_check = self.clock()
         while True:
+            if not self.stopping and self.clock() >= next_check:
+                next_check = self.clock() + LIFETIME_CHECK_S
+                reason = self._exit_reason()
+                if reason is not None:
+                    log.info("%s: exiting", reason)
+                    self.stop.set()
             if self.stop.is_set() and not self.stopping:
                 self._begin_shutdown()
                 drain_until = time.monotonic() + DRAIN_S
@@ -180,11 +199,23 @@ class Worker:
                 log.error("shutdown: the running batch did not stop within %.0f s", DRAIN_S)
                 return False
 
+    def _exit_reason(self) -> Optional[str]:
+        """Why the worker should stop on its own now (its parent is gone, it is idle), or None."""
+        if self.parent is not None and self.parent.gone():
+            return f"the parent process {self.parent.pid} is gone"
+        busy = self.scheduler.depth() != (0, 0)
+        if idle_expired(self.clock(), self.last_active, busy, self.options.idle_exit_s):
+            return f"no request for {self.options.idle_exit_s:g} s (--idle-exit)"
+        return None
+
     def _begin_shutdown(self) -> None:
         log.info("shutting down: answering queued and running requests")
         self.stopping = True
         for job in self.scheduler.close():      # queued ones now; running ones stop between steps
-            self._cancelled(job)
+            if self.dead is not None:           # retryable: another worker can answer them
+                self._send(job.envelope, error(job.msg.id, ErrorCode.unavailable, self.dead))
+            else:
+                self._cancelled(job)
 
     def _forward_replies(self) -> bool:
         """Compute-thread replies -> ROUTER. True once the compute thread said it is done."""
@@ -197,6 +228,7 @@ class Worker:
                 if not self.stopping:        # the compute thread died: answer what is queued
                     self._begin_shutdown()
                 return True
+            self.last_active = self.clock()
             self.router.send_multipart(parts)
 
     def _receive(self, limit: int = 256) -> None:
@@ -252,6 +284,7 @@ class Worker:
         self.engine.forget(msg.doc_key)
 
     def _on_infill(self, envelope: list[bytes], msg: InfillMsg) -> None:
+        self.last_active = self.clock()
         if self.stopping:
             return self._send(envelope, error(msg.id, ErrorCode.unavailable, "the worker is shutting down"))
         try:
@@ -259,11 +292,11 @@ class Worker:
         except ProtocolError as exc:
             self.stats.count("bad_request")
             return self._send(envelope, error_from(exc, msg.id))
-        job = Job(envelope=envelope, msg=msg, config=config)
+        job = Job(envelope=envelope, msg=msg, config=config, received=self.clock())
         if msg.doc_key is not None:
             for old in self.scheduler.supersede(envelope[0], msg.doc_key):      # latest wins, per client
                 self._cancelled(old)
-        if job.expired():
+        if job.expired(self.clock()):
             self.stats.count("deadline_dropped")
             return self._send(envelope, error(msg.id, ErrorCode.deadline, "the deadline passed before it was queued"))
         if msg.doc_key is not None and self._answer_typed_ahead(job):
@@ -278,6 +311,10 @@ class Worker:
         if config.engine != self.engine.kind:
             raise ProtocolError(ErrorCode.bad_request,
                                 f"this worker runs the {self.engine.kind} engine, not {config.engine}", msg.id)
+        try:
+            self.engine.check(config)            # what fits this model: checked here, not mid-batch
+        except OptionError as exc:
+            raise ProtocolError(ErrorCode.bad_request, f"bad decoding option: {exc}", msg.id) from None
         return config
 
     def _answer_typed_ahead(self, job: Job) -> bool:
@@ -285,7 +322,7 @@ class Worker:
         rest = self.typed.lookup(msg.doc_key, msg.prefix, msg.suffix, tag=job.config)
         if rest is None:
             return False
-        latency_ms = round((time.monotonic() - job.received) * 1000, 3)
+        latency_ms = round((self.clock() - job.received) * 1000, 3)
         self.stats.served(latency_ms, None)
         stats = {**self.reply_fields, "engine": self.engine.kind, "reused": True, "nfe": 0,
                  "tokens": 0, "tokens_per_forward": 0.0, "latency_ms": latency_ms,
@@ -313,6 +350,9 @@ class Worker:
                     break
                 if batch:
                     self._run_batch(pipe, batch)
+                if self.dead is not None:    # the socket thread answers what is queued
+                    self.stop.set()
+                    break
         except Exception:                    # a bug here must not leave the worker silently deaf
             log.exception("compute thread failed")
             self.compute_failed = True
@@ -329,12 +369,19 @@ class Worker:
         requests = [InfillRequest(j.msg.prefix, j.msg.suffix, j.msg.id, key=j.msg.doc_key or "") for j in batch]
         try:
             results = self.engine.infill(requests, batch[0].config, self.scheduler.should_stop(batch))
+            self.health.ok()
             replies = [self._reply(job, result, len(batch)) for job, result in zip(batch, results)]
-        except Exception as exc:             # one bad batch fails its requests, not the worker
-            log.exception("engine failed on a batch of %d", len(batch))
+        except Exception as exc:
             self.stats.count("failed", len(batch))
-            replies = [error(j.msg.id, ErrorCode.internal, f"engine error: {type(exc).__name__}: {exc}"[:2000])
-                       for j in batch]
+            what = f"{type(exc).__name__}: {exc}"[:2000]
+            if self.health.dead(exc):        # the device is lost: every later batch would fail too
+                self.dead = f"the engine is dead ({what}); the worker is exiting"
+                log.critical("engine dead, answering everything `unavailable` and exiting: %s", what, exc_info=exc)
+                code = ErrorCode.unavailable
+            else:                            # one bad batch fails its requests, not the worker
+                log.exception("engine failed on a batch of %d", len(batch))
+                code = ErrorCode.internal
+            replies = [error(j.msg.id, code, self.dead or f"engine error: {what}") for j in batch]
         self.scheduler.finish(batch)
         for job, reply in zip(batch, replies):
             self._pipe_send(pipe, job, reply)
@@ -348,7 +395,7 @@ class Worker:
         if job.stop_reason is not None:
             self.stats.count("cancelled")
             return cancelled(job, engine_stats)
-        latency_ms = round((time.monotonic() - job.received) * 1000, 3)
+        latency_ms = round((self.clock() - job.received) * 1000, 3)
         self.stats.served(latency_ms, engine_stats)
         if job.msg.doc_key is not None:
             self.typed.remember(job.msg.doc_key, job.msg.prefix, job.msg.suffix, result.text, tag=job.config)

@@ -7,6 +7,7 @@ vim.opt.rtp:prepend(root)
 local text = require("fim.text")
 local config = require("fim.config")
 local apply = require("fim.apply")
+local client = require("fim.client")
 
 local passed, failed = 0, 0
 
@@ -99,6 +100,25 @@ test("config parses tcp targets", function()
   eq({ host = "127.0.0.1", port = 7000 }, assert(config.resolve({ tcp = "127.0.0.1:7000" })).tcp_target)
   eq({ host = "::1", port = 7000 }, config.parse_tcp("[::1]:7000"))
   eq(nil, (config.parse_tcp("127.0.0.1:99999")))
+end)
+
+test("the server gets JSON objects for empty settings, and no plugin-only option", function()
+  local sent
+  local real_start = vim.lsp.start
+  vim.lsp.start = function(cfg)
+    sent = cfg
+  end
+  local ok, err = pcall(function()
+    -- the README's setup: an empty Lua table is encoded as [] unless the client says otherwise
+    client.start(0, assert(config.resolve({ filetypes = { "python" } })))
+    eq("{}", vim.json.encode(sent.init_options))
+    eq('{"fim":{}}', vim.json.encode(sent.settings))
+    client.start(0, assert(config.resolve({ settings = { maxLines = 3, engine = {} } })))
+    eq({ maxLines = 3, engine = {} }, vim.json.decode(vim.json.encode(sent.init_options)))
+    assert(vim.json.encode(sent.init_options):find('"engine":{}', 1, true))
+  end)
+  vim.lsp.start = real_start
+  assert(ok, err)
 end)
 
 -- apply.insert on a real buffer in a real window. A script runs in Normal mode, where the cursor

@@ -32,14 +32,33 @@ function M.start_problem(opts)
   end
 end
 
--- Starts (or reuses) the client for one buffer; returns the client id or nil.
+-- The settings as they go on the wire. Every table in them is a JSON object, but an empty Lua
+-- table is encoded as an array ([]), which the server would report as a bad setting: empty
+-- tables become vim.empty_dict(), which is encoded as {}.
+function M.wire_settings(settings)
+  if type(settings) ~= "table" then
+    return settings
+  end
+  if next(settings) == nil then
+    return vim.empty_dict()
+  end
+  local out = {}
+  for key, value in pairs(settings) do
+    out[key] = M.wire_settings(value)
+  end
+  return out
+end
+
+-- Starts (or reuses) the client for one buffer; returns the client id or nil. Only opts.settings
+-- reaches the server: the other options (filetypes, keymaps, ...) are the plugin's own.
 function M.start(bufnr, opts)
+  local settings = M.wire_settings(opts.settings)
   return vim.lsp.start({
     name = M.name,
     cmd = M.server_cmd(opts),
     root_dir = vim.fs.root(bufnr, { ".git" }) or vim.uv.cwd(),
-    init_options = opts.settings,
-    settings = { fim = opts.settings },
+    init_options = settings,
+    settings = { fim = settings },
   }, { bufnr = bufnr })
 end
 

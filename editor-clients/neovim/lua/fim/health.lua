@@ -29,7 +29,7 @@ local function check_server(health, opts)
     local path = vim.fn.exepath(opts.cmd[1])
     if path == "" then
       health.error(("%s not found on PATH"):format(opts.cmd[1]), {
-        "pip install 'fim-server[lsp]' in an environment on PATH",
+        "pip install fim-server in an environment on PATH",
         "or give the full path: require('fim').setup({ cmd = { '/path/to/fim-lsp' } })",
       })
     else
