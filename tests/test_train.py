@@ -56,3 +56,22 @@ def test_diffusion_twin_starts_from_the_ar_snapshot_and_exports(ar_runs, tmp_pat
     result = engine.infill([req], config)[0]
     assert 1 <= result.stats.nfe and result.stats.tokens == len(result.token_ids) <= 4
     assert result.text == engine.text(result.token_ids, req, config)     # the ids decode to the text
+
+
+def test_block_twin_trains_from_the_ar_snapshot_with_distillation_and_decodes(ar_runs, tmp_path):
+    """The block objective (complementary masks, certainty forcing, AR batches, the AR model's
+    greedy middles as targets) trains from AR weights; the export loads in the block engine."""
+    root, _, _ = ar_runs
+    snapshot = str(root / "a" / "step-2")
+    final = train(TrainConfig(objective="block", out=str(tmp_path / "blk"), init_from=snapshot,
+                              distill_from=snapshot, block_size=4, certainty=0.1, ar_fraction=0.5,
+                              **{**TINY, "steps": 2}))
+    before, after = weights(Path(snapshot)), weights(final)
+    assert not same(before, after)                          # it trained
+    export(final, tmp_path / "bundle")
+    engine = load_engine("block", str(tmp_path / "bundle"), dtype="float32")
+    assert engine.shifted and engine.lm.family.name == "fim-tiny-block"
+    req, config = InfillRequest("def f(x):\n    return ", "\n"), DecodeConfig(engine="block", max_tokens=8, block_size=4)
+    result = engine.infill([req], config)[0]
+    assert 1 <= result.stats.nfe <= 8 and result.stats.tokens == len(result.token_ids) <= 8
+    assert result.text == engine.text(result.token_ids, req, config)

@@ -55,8 +55,8 @@ class AREngine(Engine):
     kind = "ar"
 
     def __init__(self, lm: LoadedModel, kv_store: Optional[PrefixStore] = None):
-        if lm.family.is_diffusion:
-            raise ValueError(f"{lm.family.name} is a diffusion model; the AR engine needs a causal one")
+        if lm.family.kind != "ar":
+            raise ValueError(f"{lm.family.name} is a {lm.family.kind} model; the AR engine needs a causal one")
         self.lm = lm
         self.model = lm.model
         self.tok = lm.tokenizer

@@ -13,7 +13,7 @@ from typing import Optional
 @dataclass(frozen=True)
 class Family:
     name: str
-    kind: str                                   # "diffusion" | "ar"
+    kind: str                                   # "diffusion" (canvas) | "ar" | "block" (block diffusion, PSM)
     model_types: tuple[str, ...] = ()           # config.model_type values this family uses
     shifted: bool = False                       # diffusion: logits at i-1 predict token i (Dream); else at i (LLaDA)
     mask: Optional[str] = None                  # diffusion mask token
@@ -30,7 +30,17 @@ class Family:
 
     @property
     def is_diffusion(self) -> bool:
+        """The in-place canvas layout ([prefix][masks][suffix], full attention)."""
         return self.kind == "diffusion"
+
+    @property
+    def needs_mask(self) -> bool:
+        return self.kind in ("diffusion", "block")
+
+    @property
+    def needs_psm(self) -> bool:
+        """A PSM prompt: <pre> P <suf> S <mid>, then the middle (AR and block diffusion)."""
+        return self.kind in ("ar", "block")
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,17 @@ FIM_TINY_AR = register(Family(
     description="the project's bundled autoregressive FIM twin (causal Qwen2, PSM)",
 ))
 
+FIM_TINY_BLOCK = register(Family(
+    name="fim-tiny-block", kind="block", model_types=("qwen2",), shifted=True,
+    mask="<|mask|>", fim_prefix="<|fim_prefix|>", fim_suffix="<|fim_suffix|>", fim_middle="<|fim_middle|>",
+    end_of_middle=("<|endoftext|>", "<|fim_pad|>"),
+    never_generate=("<|mask|>", "<|expand|>", "<|delete|>", "<|fim_prefix|>", "<|fim_suffix|>",
+                    "<|fim_middle|>"),
+    context_tokens=256,
+    description="the project's block-diffusion FIM coder (Qwen2 from the AR twin: PSM prompt, "
+                "causal across blocks, bidirectional inside one, shifted logits)",
+))
+
 QWEN25_CODER = register(Family(
     name="qwen2.5-coder", kind="ar", model_types=("qwen2",),
     fim_prefix="<|fim_prefix|>", fim_suffix="<|fim_suffix|>", fim_middle="<|fim_middle|>",
@@ -127,12 +148,13 @@ def _lookup(vocab: dict[str, int], token: Optional[str]) -> Optional[int]:
 
 def resolve_tokens(family: Family, vocab: dict[str, int], pad_fallback: Optional[int] = None) -> TokenIds:
     """Turn a family's token texts into ids of one tokenizer; missing required tokens raise."""
-    required = [family.mask] if family.is_diffusion else [family.fim_prefix, family.fim_suffix, family.fim_middle]
+    required = ([family.mask] if family.needs_mask else []) + \
+        ([family.fim_prefix, family.fim_suffix, family.fim_middle] if family.needs_psm else [])
     missing = [t for t in required if t not in vocab]
     if missing:
         raise ValueError(f"tokenizer lacks the {family.name} token(s) {missing}")
     ends = tuple(vocab[t] for t in family.end_of_middle if t in vocab)
-    if not family.is_diffusion and not ends:
+    if family.needs_psm and not ends:
         raise ValueError(f"tokenizer has none of the {family.name} end tokens {family.end_of_middle}")
     banned = tuple(sorted({vocab[t] for t in family.never_generate if t in vocab}))
     pad = pad_fallback if pad_fallback is not None else (ends[0] if ends else vocab[family.mask])

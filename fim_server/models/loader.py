@@ -18,7 +18,7 @@ from .family import Family, TokenIds, detect_family, resolve_tokens
 log = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"
-BUNDLED = {"diffusion": "fim-tiny-dlm", "ar": "fim-tiny-ar",
+BUNDLED = {"diffusion": "fim-tiny-dlm", "ar": "fim-tiny-ar", "block": "fim-tiny-block",
            "speculative": "fim-tiny-dlm"}      # the speculative engine's --model is its diffusion drafter
 
 
@@ -78,7 +78,7 @@ def random_fallback(kind: str) -> str:
     """A randomly initialised checkpoint, for when the bundled weights are not there yet."""
     from .random_init import build_random_checkpoint
 
-    name = "fim-tiny-dlm" if kind in ("diffusion", "speculative") else "fim-tiny-ar"
+    name = "fim-tiny-dlm" if kind == "speculative" else BUNDLED[kind]
     path = Path.home() / ".cache" / "fim-server" / f"random-{name}"
     if not (path / "config.json").exists():
         build_random_checkpoint(path, name, hidden=128, layers=2, vocab_size=1024)
@@ -124,7 +124,7 @@ def load_model(
     fam = detect_family(config.model_type, tokenizer.get_vocab(), family or getattr(config, "fim_family", None))
     if fam.kind != kind:
         raise ValueError(f"{source} is a {fam.kind} model ({fam.name}); the {kind} engine cannot run it")
-    if fam.is_diffusion and getattr(config, "fim_logits_shifted", None) is not None:
+    if fam.needs_mask and getattr(config, "fim_logits_shifted", None) is not None:
         # the checkpoint says which convention it was trained with (the bundled twin: AR-initialised, shifted)
         fam = dataclasses.replace(fam, shifted=bool(config.fim_logits_shifted))
     ids = resolve_tokens(fam, tokenizer.get_vocab(), tokenizer.pad_token_id)

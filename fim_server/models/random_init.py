@@ -43,7 +43,8 @@ for i in range(10):
 
 # Family -> (config class, model_type, extra special tokens the real tokenizer carries)
 ARCHITECTURES = {
-    "fim-tiny-dlm": Qwen2Config, "fim-tiny-ar": Qwen2Config, "qwen2.5-coder": Qwen2Config,
+    "fim-tiny-dlm": Qwen2Config, "fim-tiny-ar": Qwen2Config, "fim-tiny-block": Qwen2Config,
+    "qwen2.5-coder": Qwen2Config,
     "starcoder2": Starcoder2Config, "deepseek-coder": LlamaConfig, "codellama": LlamaConfig,
 }
 

@@ -7,6 +7,9 @@ two objectives.
              entropy on masked slots, predicted at their own position (no shift).
   ar:        causal Qwen2 on PSM sequences <|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>M<|endoftext|>,
              loss on every token (the usual FIM language-model objective).
+  block:     block diffusion from the AR twin's weights (train/block.py): PSM prompt, middle in
+             blocks, complementary masks, certainty forcing, optionally the AR twin's own greedy
+             middles as targets (--distill-from) and a share of plain AR batches (--ar-fraction).
 """
 
 from __future__ import annotations
@@ -26,15 +29,17 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
-from .data import ExampleSampler, collect_sources, iter_texts
 from fim_server.measure import cpu_model
+
+from . import block as block_objective
+from .data import ExampleSampler, collect_sources, iter_texts
 from fim_server.models.family import BUNDLED_SPECIAL_TOKENS
 from fim_server.models.random_init import train_bpe, wrap_tokenizer
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    objective: str = "diffusion"     # diffusion | ar
+    objective: str = "diffusion"     # diffusion | ar | block
     out: str = "runs/diffusion"      # checkpoints and the final model
     tokenizer: str = "runs/tokenizer"  # built here from the training data when missing
     vocab_size: int = 4096
@@ -59,6 +64,11 @@ class TrainConfig:
     shifted: bool = False            # diffusion: position i-1 predicts token i (keeps an AR head's meaning)
     bundle_to: str = ""              # also write the final model here in float16 (package data)
     keep_at: str = ""                # comma-separated steps whose weights are kept as out/step-N
+    block_size: int = 8              # block: slots per block (the engine's --block-size)
+    certainty: float = 0.0           # block: weight of the entropy penalty on masked slots already right
+    ar_fraction: float = 0.0         # block: share of batches that are plain AR (next-token) batches
+    distill_from: str = ""           # block: an AR FIM model whose greedy middles become the targets
+    bf16: bool = False               # bfloat16 autocast (CPUs with bf16 matrix units: AMX, avx512_bf16)
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -167,28 +177,64 @@ def collate(examples, pad: int):
 
 
 class Batches:
-    def __init__(self, tok, sources, cfg: TrainConfig, seed: int):
+    """Training batches: (kind, tensors...), kind "ar" | "diffusion" | "block"."""
+
+    def __init__(self, tok, sources, cfg: TrainConfig, seed: int, teacher=None):
         self.tok, self.cfg = tok, cfg
         self.sp = Specials(tok)
         self.sampler = ExampleSampler(sources, seed)
         self.rng = random.Random(seed + 1)
+        self.teacher = teacher
 
     def next(self):
-        if self.cfg.objective == "ar":
-            ex = [ar_example(self.tok, self.sp, self.sampler, self.cfg) for _ in range(self.cfg.batch)]
-        else:
-            ex = [diffusion_example(self.tok, self.sp, self.sampler, self.cfg, self.rng) for _ in range(self.cfg.batch)]
-        return collate(ex, self.sp.eot)
+        cfg = self.cfg
+        if cfg.objective == "ar" or (cfg.objective == "block" and self.rng.random() < cfg.ar_fraction):
+            ex = [ar_example(self.tok, self.sp, self.sampler, cfg) for _ in range(cfg.batch)]
+            return ("ar", *collate(ex, self.sp.eot))
+        if cfg.objective == "block":
+            rows = self.block_rows()
+            return ("block", *block_objective.collate(rows, cfg.block_size, self.sp.mask, self.sp.eot, self.rng))
+        ex = [diffusion_example(self.tok, self.sp, self.sampler, cfg, self.rng) for _ in range(cfg.batch)]
+        return ("diffusion", *collate(ex, self.sp.eot))
+
+    def block_rows(self) -> list:
+        """PSM prompts and middles (the teacher's greedy middles when there is a teacher)."""
+        cfg, sp, end = self.cfg, self.sp, self.sp.eot
+        if self.teacher is None:
+            rows = []
+            while len(rows) < cfg.batch:
+                parts = encode_split(self.tok, self.sampler.split(), cfg, cfg.seq_len - cfg.max_middle - cfg.block_size - 3)
+                if parts:
+                    p, m, s = parts
+                    rows.append(block_objective.BlockRow([sp.pre, *p, sp.suf, *s, sp.mid],
+                                                         block_objective.pad_to_blocks(m + [end], end, cfg.block_size)))
+            return rows
+        return self.distilled_rows()
+
+    @torch.inference_mode()
+    def distilled_rows(self) -> list:
+        """Sequence-level distillation: the teacher (an AR engine) decodes each prompt greedily;
+        its middle, cut at its end token, is the target."""
+        from fim_server.engine.types import InfillRequest
+        from fim_server.wire.options import DecodeConfig
+
+        cfg, end = self.cfg, self.sp.eot
+        config = DecodeConfig(engine="ar", max_tokens=cfg.max_middle, kv_reuse=False, context_tokens=cfg.seq_len)
+        splits = [self.sampler.split() for _ in range(cfg.batch)]
+        rows = [self.teacher.start(InfillRequest(sp.prefix, sp.suffix), config) for sp in splits]
+        self.teacher.decode(rows, config, None)
+        return [block_objective.BlockRow(list(r.prompt), block_objective.pad_to_blocks(
+                    r.ids + ([end] if r.stop_reason == "end" else []), end, cfg.block_size)) for r in rows]
 
 
 # ---------------------------------------------------------------- model and loss
 
 def build_model(cfg: TrainConfig, tok) -> torch.nn.Module:
-    family = "fim-tiny-dlm" if cfg.objective == "diffusion" else "fim-tiny-ar"
+    family = {"diffusion": "fim-tiny-dlm", "ar": "fim-tiny-ar", "block": "fim-tiny-block"}[cfg.objective]
     if cfg.init_from:
         model = AutoModelForCausalLM.from_pretrained(cfg.init_from)
         model.config.fim_family = family
-        model.config.fim_logits_shifted = cfg.shifted
+        model.config.fim_logits_shifted = cfg.shifted or cfg.objective == "block"   # block: the AR head's meaning
         return model
     config = Qwen2Config(
         vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
@@ -198,7 +244,7 @@ def build_model(cfg: TrainConfig, tok) -> torch.nn.Module:
     )
     config.fim_family = family
     config.fim_context_tokens = cfg.seq_len
-    config.fim_logits_shifted = cfg.shifted
+    config.fim_logits_shifted = cfg.shifted or cfg.objective == "block"
     return AutoModelForCausalLM.from_config(config)
 
 
@@ -213,6 +259,14 @@ def loss_on(model, ids, labels, valid, objective: str, shifted: bool = False) ->
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
 
 
+def batch_loss(model, batch: tuple, cfg: TrainConfig) -> torch.Tensor:
+    kind, *tensors = batch
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16 and tensors[0].device.type == "cpu"):
+        if kind == "block":
+            return block_objective.block_loss(model, *tensors, certainty=cfg.certainty)
+        return loss_on(model, *tensors, kind, cfg.shifted and kind == "diffusion")
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -221,6 +275,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 # ---------------------------------------------------------------- loop
+
+def to_device(batch: tuple, dev: torch.device) -> tuple:
+    kind, *tensors = batch
+    return (kind, *(t.to(dev) for t in tensors))
+
 
 def save(model, tok, opt, step: int, out: Path, log: dict) -> None:
     tmp = out / "checkpoint.tmp"
@@ -257,9 +316,9 @@ def keep_snapshot(out: Path, step: int) -> None:
 
 
 @torch.no_grad()
-def held_out_loss(model, batches: list, objective: str, shifted: bool = False) -> float:
+def held_out_loss(model, batches: list, cfg: TrainConfig) -> float:
     model.eval()
-    losses = [loss_on(model, *b, objective, shifted).item() for b in batches]
+    losses = [batch_loss(model, b, cfg).item() for b in batches]
     model.train()
     return sum(losses) / len(losses)
 
@@ -288,9 +347,14 @@ def train(cfg: TrainConfig) -> Path:
         start = state["step"]
         log = json.loads((out / "checkpoint" / "train_log.json").read_text())
         print(f"resuming from step {start}")
-    batches = Batches(tok, train_src, cfg, cfg.seed + start)
-    held = Batches(tok, held_src, cfg, 12345)
-    held_batches = [tuple(t.to(dev) for t in held.next()) for _ in range(4)]
+    teacher = None
+    if cfg.distill_from:
+        from fim_server.engine import load_engine
+
+        teacher = load_engine("ar", cfg.distill_from, device=str(dev), dtype="float32")
+    batches = Batches(tok, train_src, cfg, cfg.seed + start, teacher)
+    held = Batches(tok, held_src, cfg, 12345, teacher)
+    held_batches = [to_device(held.next(), dev) for _ in range(4)]
     model.train()
     tokens_per_step = cfg.batch * cfg.seq_len
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.objective}",
@@ -299,8 +363,7 @@ def train(cfg: TrainConfig) -> Path:
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        ids, labels, valid = (t.to(dev) for t in batches.next())
-        loss = loss_on(model, ids, labels, valid, cfg.objective, cfg.shifted)
+        loss = batch_loss(model, to_device(batches.next(), dev), cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -314,7 +377,7 @@ def train(cfg: TrainConfig) -> Path:
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
             log["history"].append({"step": done, "train_loss": round(loss_ema, 4),
-                                   "held_out_loss": round(held_out_loss(model, held_batches, cfg.objective, cfg.shifted), 4),
+                                   "held_out_loss": round(held_out_loss(model, held_batches, cfg), 4),
                                    "tokens_seen": done * tokens_per_step, "elapsed_s": round(time.time() - t0)})
             tqdm.write(json.dumps(log["history"][-1]))
         if done % cfg.save_every == 0 or done == cfg.steps:
@@ -357,8 +420,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     names = asdict(TrainConfig()).keys()
     cfg = TrainConfig(**{k: getattr(args, k) for k in names})
-    if cfg.objective not in ("diffusion", "ar"):
-        raise SystemExit("--objective must be diffusion or ar")
+    if cfg.objective not in ("diffusion", "ar", "block"):
+        raise SystemExit("--objective must be diffusion, ar or block")
     path = train(cfg)
     print(f"model written to {path}")
     return 0

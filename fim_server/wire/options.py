@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-ENGINES = ("diffusion", "ar", "speculative")
+ENGINES = ("diffusion", "ar", "speculative", "block")
 CACHE_MODES = ("none", "prefix", "dual")
 UNMASK_RULES = ("threshold", "factor", "eb")
 LENGTH_POLICIES = ("auto", "expand", "fixed")
@@ -30,7 +30,8 @@ def option(default: Any, help: str, choices: tuple[str, ...] = (), lo: float = 0
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    engine: str = option("diffusion", "diffusion | ar | speculative (diffusion drafts, AR verifies)", ENGINES)
+    engine: str = option("diffusion", "diffusion (in-place canvas) | ar | speculative (diffusion drafts, AR "
+                                      "verifies) | block (block diffusion: PSM, causal across blocks)", ENGINES)
     max_tokens: int = option(64, "cap on middle tokens (the canvas never grows past it)", lo=1, hi=4096)
     single_line: bool = option(False, "stop at the end of the first line of the middle")
     temperature: float = option(0.0, "0 = greedy", lo=0.0, hi=10.0)

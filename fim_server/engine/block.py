@@ -1,0 +1,255 @@
+"""Block-diffusion FIM engine (the Fast-dLLM v2 / SDAR design): a PSM prompt, then the middle
+block by block, causal across blocks and bidirectional inside one, over an exact KV cache.
+
+    prefill   [bos] <fim_prefix> P <fim_suffix> S <fim_middle>, left-padded: one causal forward
+    step      the active block (block_size slots, masks at first) over the cache: propose, select
+              (the unmask rule, >= 1 a row), commit; the block's own KV is dropped again
+    advance   a finished block rides at the front of the next block's first step: its KV, computed
+              from its final tokens (bidirectional inside it, causal to all before), is kept. So
+              the cache is written once per block, exact, and never refreshed
+    stop      the end-of-middle token, the line (single-line mode), max_tokens or the step cap
+
+Shifted logits (a model initialised from an AR coder): block slot j is predicted at j - 1, so
+slot 0 comes from the last position before the block (the prompt's last token, or the previous
+block's last slot); that position is final, and its logits are kept for the block's later steps.
+Unshifted: slot j is predicted at j. Rows move from block to block together, so their caches
+stay one right-aligned tensor; a row that settled its block waits for the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from transformers import DynamicCache
+
+from fim_server.models.loader import LoadedModel
+from fim_server.wire.options import DecodeConfig
+
+from .base import Engine, Timing
+from .batching import left_pad
+from .diffusion import DiffusionEngine
+from .layout import fit_context
+from .postprocess import line_complete
+from .prefix_store import PrefixStore
+from .types import InfillRequest, InfillResult, ShouldStop, Stats
+
+
+@dataclass(eq=False)
+class _Row:
+    """One request while it decodes."""
+
+    prompt: list[int]                               # PSM prompt ids
+    stats: Stats
+    ids: list[int] = field(default_factory=list)    # the middle: tokens of settled blocks (end excluded)
+    nfe: int = 0                                    # forwards in which this row had masks to fill
+    stop_reason: str = ""
+
+    @property
+    def done(self) -> bool:
+        return bool(self.stop_reason)
+
+    def finish(self, reason: str) -> None:
+        self.stop_reason = reason
+
+
+class BlockCache:
+    """The batch's KV cache and what goes with it: rows right-aligned, [B, H, K, D] per layer."""
+
+    def __init__(self, engine: "BlockEngine", rows: list[_Row]):
+        self.engine = engine
+        self.lm = engine.lm
+        self.cache = DynamicCache(config=self.lm.model.config)
+        ids, mask, positions = left_pad([r.prompt for r in rows], engine.ids.pad, self.lm.device)   # [B, T]
+        logits, _ = self.lm.forward(self.cache, input_ids=ids, attention_mask=mask, position_ids=positions,
+                                    use_cache=True, **engine.keep_last)
+        self.valid = mask.bool()                                   # [B, K] real (not padding) slots
+        self.next_pos = positions[:, -1] + 1                       # [B] position of the first uncached token
+        self.first = logits[:, -1]                                 # [B, V] predicts block slot 0 (shifted)
+        self.pending: Optional[torch.Tensor] = None                # [B, Lp] a settled block not cached yet
+
+    def step(self, block: torch.Tensor) -> torch.Tensor:
+        """Logits for each slot of the active block [B, L] -> [B, L, V]; a pending block's KV is
+        written into the cache on the way."""
+        pending = self.pending if self.pending is not None else block[:, :0]
+        lp, width = pending.shape[1], block.shape[1]
+        queries = torch.cat([pending, block], dim=1)                                    # [B, Q]
+        q = queries.shape[1]
+        positions = self.next_pos[:, None] + torch.arange(q, device=block.device)       # [B, Q]
+        logits, _ = self.lm.forward(self.cache, input_ids=queries, attention_mask=self._mask(lp, q),
+                                    position_ids=positions, use_cache=True)            # [B, Q, V]
+        self.cache.crop(-width)                      # the active block's KV goes: its masks change
+        if lp:                                       # the pending block's KV stays: it is final
+            self.valid = torch.cat([self.valid, self.valid.new_ones(len(block), lp)], dim=1)
+            self.next_pos = self.next_pos + lp
+            self.first = logits[:, lp - 1]
+            self.pending = None
+        if not self.engine.shifted:
+            return logits[:, lp:]
+        return torch.cat([self.first[:, None], logits[:, lp:lp + width - 1]], dim=1)
+
+    def _mask(self, lp: int, q: int) -> torch.Tensor:
+        """[B, 1, Q, K + Q] bool: every query sees the cached slots; the pending block sees itself
+        (bidirectional) but not the active block; the active block sees both."""
+        rows = self.valid.shape[0]
+        inner = torch.ones((q, q), dtype=torch.bool, device=self.valid.device)         # [Q, Q]
+        inner[:lp, lp:] = False
+        cached = self.valid[:, None, :].expand(-1, q, -1)                               # [B, Q, K]
+        return torch.cat([cached, inner.expand(rows, -1, -1)], dim=2)[:, None]
+
+    def settle(self, block: torch.Tensor) -> None:
+        """The active block is settled: it is fed (and cached) with the next block's first step."""
+        self.pending = block
+
+    def retain(self, keep: list[int]) -> None:
+        """Keep only the batch rows `keep` (the others finished)."""
+        index = torch.tensor(keep, device=self.valid.device)
+        self.cache.batch_select_indices(index)
+        self.valid, self.next_pos, self.first = self.valid[index], self.next_pos[index], self.first[index]
+        if self.pending is not None:
+            self.pending = self.pending[index]
+
+
+class BlockEngine(Engine):
+    kind = "block"
+
+    def __init__(self, lm: LoadedModel, kv_store: Optional[PrefixStore] = None):
+        if lm.family.kind != "block":
+            raise ValueError(f"{lm.family.name} is a {lm.family.kind} model; the block engine needs a block-diffusion one")
+        self.lm = lm
+        self.model = lm.model
+        self.tok = lm.tokenizer
+        self.ids = lm.ids
+        self.shifted = lm.family.shifted
+        vocab = self.model.config.vocab_size
+        self.banned = torch.zeros(vocab, dtype=torch.bool, device=lm.device)     # [V]
+        self.banned[[i for i in self.ids.banned if i < vocab]] = True
+        self.banned[len(self.tok):] = True                   # padded embedding rows are no token
+        self.end_ids = torch.tensor(self.ids.end_of_middle, device=lm.device)      # [E]
+        self.special_tokens = len(self.prompt([], []))
+        self.keep_last = {"logits_to_keep": 1} if self._takes_keep() else {}
+        self.kv_store = kv_store if kv_store is not None else PrefixStore()       # no cross-request reuse yet
+
+    def _takes_keep(self) -> bool:
+        import inspect
+
+        return "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
+    def prompt(self, prefix_ids: list[int], suffix_ids: list[int]) -> list[int]:
+        """PSM: [bos] <fim_prefix> prefix <fim_suffix> suffix <fim_middle>."""
+        bos = [self.ids.bos] if self.ids.bos is not None else []
+        return bos + [self.ids.fim_prefix, *prefix_ids, self.ids.fim_suffix, *suffix_ids, self.ids.fim_middle]
+
+    def budget(self, config: DecodeConfig) -> int:
+        return self.context_limit(config) - config.max_tokens - self.special_tokens
+
+    # ---------------------------------------------------------------- the three hooks
+
+    def start(self, req: InfillRequest, config: DecodeConfig) -> _Row:
+        ctx = fit_context(self.tok, req.prefix, req.suffix, self.budget(config))
+        stats = Stats(engine="block", cache="exact", truncated=ctx.truncated,
+                      prompt_tokens=len(ctx.prefix_ids) + len(ctx.suffix_ids))
+        return _Row(prompt=self.prompt(ctx.prefix_ids, ctx.suffix_ids), stats=stats)
+
+    def decode(self, rows: list[_Row], config: DecodeConfig, should_stop: Optional[ShouldStop]) -> None:
+        self.poll(rows, should_stop)
+        live = [r for r in rows if not r.done]
+        if not live:
+            return
+        select = DiffusionEngine.selector(config)
+        generator = torch.Generator(device=self.lm.device).manual_seed(config.seed)
+        cache = BlockCache(self, live)
+        steps = 0
+        while live:
+            width = min(config.block_size, config.max_tokens - len(live[0].ids))
+            block = torch.full((len(live), width), self.ids.mask, dtype=torch.long, device=self.lm.device)
+            while steps < config.step_cap:
+                masked = (block == self.ids.mask) & self._running(live, block.device)[:, None]   # [B, L]
+                if not masked.any():
+                    break
+                logits = cache.step(block)                                                      # [B, L, V]
+                tokens, conf, probs = self._propose(logits, masked, config, generator)
+                commit, _ = select(conf, masked, probs)                                         # [B, L]
+                block = torch.where(commit, tokens, block)
+                steps += 1
+                self._after_step(live, block, masked, config)
+                self.poll(rows, should_stop)          # indices into the whole batch, as the worker knows it
+            for row, slots in zip(live, block.tolist()):
+                self._settle(row, slots, config, steps)
+            keep = [i for i, r in enumerate(live) if not r.done]
+            if len(keep) < len(live) and keep:
+                cache.retain(keep)
+                block = block[keep]
+            live = [live[i] for i in keep]
+            cache.settle(block)
+
+    def result(self, row: _Row, req: InfillRequest, config: DecodeConfig, timing: Timing) -> InfillResult:
+        text = self.text(row.ids, req, config)
+        stats = row.stats
+        stats.nfe = stats.steps = row.nfe
+        stats.tokens = len(row.ids)
+        return InfillResult(text=text, stats=self.close_stats(stats, text, row.stop_reason, timing),
+                            token_ids=list(row.ids))
+
+    # ---------------------------------------------------------------- one step
+
+    @staticmethod
+    def _running(rows: list[_Row], device: torch.device) -> torch.Tensor:
+        return torch.tensor([not r.done for r in rows], dtype=torch.bool, device=device)       # [B]
+
+    def _propose(self, logits: torch.Tensor, masked: torch.Tensor, config: DecodeConfig,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token, confidence ([B, L] each) and distribution ([B, L, V]) per slot. With the end
+        guard an end token may only go to a row's first masked slot: a settled end closes the
+        middle, and one further right would be cut off by a later commit before it."""
+        logits = logits.float().masked_fill(self.banned, float("-inf"))                          # [B, L, V]
+        if config.end_guard:
+            first = masked & (masked.long().cumsum(dim=1) == 1)                                   # [B, L]
+            ends = logits[..., self.end_ids]
+            logits[..., self.end_ids] = ends.masked_fill(~first[..., None], float("-inf"))
+        if config.temperature > 0:
+            probs = torch.softmax(logits / config.temperature, dim=-1)
+            tokens = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(probs.shape[:2])
+            conf = probs.gather(-1, tokens[..., None]).squeeze(-1)
+        else:
+            probs = torch.softmax(logits, dim=-1)
+            conf, tokens = probs.max(dim=-1)
+        return tokens, conf, probs
+
+    def _after_step(self, rows: list[_Row], block: torch.Tensor, masked: torch.Tensor,
+                    config: DecodeConfig) -> None:
+        """Count the forward for the rows that had masks; finish rows whose middle ended or
+        whose line is complete (the block's settled slots join the middle)."""
+        for row, slots, had in zip(rows, block.tolist(), masked.any(dim=1).tolist()):
+            if not had or row.done:
+                continue
+            row.nfe += 1
+            settled = self._settled(slots)
+            if self._end_at(settled) is not None:
+                row.ids += settled[:self._end_at(settled)]
+                row.finish("end")
+            elif config.single_line and line_complete(self.tok.decode(row.ids + settled)):
+                row.ids += settled
+                row.finish("line")
+
+    def _settle(self, row: _Row, slots: list[int], config: DecodeConfig, steps: int) -> None:
+        """The block is over for this row (all committed, or the step cap): its tokens join."""
+        if row.done:
+            return
+        settled = self._settled(slots)
+        row.ids += settled
+        if len(settled) < len(slots):
+            row.finish("steps")                       # the step cap left masks in the block
+        elif len(row.ids) >= config.max_tokens:
+            row.finish("length")
+        elif steps >= config.step_cap:
+            row.finish("steps")
+
+    def _settled(self, slots: list[int]) -> list[int]:
+        """The block's committed slots up to the first mask."""
+        return slots[:slots.index(self.ids.mask)] if self.ids.mask in slots else slots
+
+    def _end_at(self, settled: list[int]) -> Optional[int]:
+        ends = set(self.ids.end_of_middle)
+        return next((j for j, t in enumerate(settled) if t in ends), None)
