@@ -11,6 +11,7 @@ from fim_server.engine.ar import AREngine
 from fim_server.engine.layout import fit_context
 from fim_server.engine.layout import ANCHOR_LINES
 from fim_server.engine.types import InfillRequest
+from fim_server.models.loader import cache_keyword
 from fim_server.models import load_model
 from fim_server.models.random_init import SAMPLE_CODE, build_random_checkpoint
 from helpers import liven
@@ -57,11 +58,12 @@ class Scripted(torch.nn.Module):
         self.positions: list[torch.Tensor] = []
         self.masks: list[torch.Tensor] = []
 
-    def forward(self, input_ids, logits_to_keep=0, **kwargs):
+    def forward(self, input_ids, logits_to_keep=0, cache=None, **kwargs):
         self.input_shapes.append(tuple(input_ids.shape))
         self.positions.append(kwargs["position_ids"].clone())
         self.masks.append(kwargs["attention_mask"].clone())
-        out = self.inner(input_ids=input_ids, logits_to_keep=logits_to_keep, **kwargs)
+        out = self.inner(input_ids=input_ids, logits_to_keep=logits_to_keep,
+                         **{cache_keyword(self.inner): cache}, **kwargs)
         for row, script in enumerate(self.scripts):
             if self.calls < len(script):
                 out.logits[row, -1, script[self.calls]] += 1e4

@@ -5,7 +5,7 @@ import random
 
 import torch
 
-from fim_server.train.block import IGNORE, BlockRow, complementary_masks, layout, pad_to_blocks
+from fim_server.train.block import IGNORE, BlockRow, block_row, complementary_masks, layout, pad_to_blocks
 
 MASK, END = 99, 0
 
@@ -53,3 +53,13 @@ def test_targets_are_the_masked_slots_and_logits_are_shifted():
             assert source[i] == (P + j - 1 if j % block == 0 else i - 1)
     # complementary: every middle token is a target exactly once over the two copies
     assert sorted(t for t in targets if t != IGNORE) == sorted(middle)
+
+
+def test_block_padding_is_input_only():
+    row = block_row([10, 11], [20, 21, END], END, 4)
+    assert row.middle == [20, 21, END, END] and row.length == 3
+    ids, _, _, targets, _ = layout(row, 4, MASK, random.Random(3))
+    P, n = 2, 4
+    for copy in (0, 1):
+        assert targets[P + n * (copy + 1) + 3] == IGNORE              # the padding slot is never a target
+    assert sorted(t for t in targets if t != IGNORE) == sorted([20, 21, END])

@@ -17,6 +17,7 @@ from fim_server.engine.ar import AREngine
 from fim_server.engine.diffusion import DiffusionEngine
 from fim_server.engine.speculative import ARCache, Draft, SpeculativeEngine
 from fim_server.engine.types import InfillRequest
+from fim_server.models.loader import cache_keyword
 from fim_server.models import load_model
 from fim_server.models.random_init import SAMPLE_CODE, build_random_checkpoint
 from helpers import liven
@@ -282,8 +283,8 @@ class FixedLogits(torch.nn.Module):
         super().__init__()
         self.inner, self.config, self.logits_for = inner, inner.config, logits_for
 
-    def forward(self, input_ids, **kwargs):
-        out = self.inner(input_ids=input_ids, **kwargs)
+    def forward(self, input_ids, cache=None, **kwargs):
+        out = self.inner(input_ids=input_ids, **{cache_keyword(self.inner): cache}, **kwargs)
         kept = out.logits.shape[1]                          # logits_to_keep may keep only the last
         out.logits = self.logits_for(input_ids[:, -kept:], out.logits.shape[-1])
         return out

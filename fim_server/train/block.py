@@ -33,15 +33,24 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
+CERTAINTY_TEMPERATURE = 0.5  # dParallel: the entropy is taken of softmax(logits / 0.5)
+
+
 @dataclass
 class BlockRow:
     prompt: list[int]        # PSM prompt ids, ending with <fim_middle>
     middle: list[int]        # middle ids, end token included, padded with it to whole blocks
+    length: int = 0          # slots that are targets: the middle up to its first end token (0: all)
 
 
 def pad_to_blocks(middle: list[int], end: int, block: int) -> list[int]:
-    """The middle padded with the end token to a multiple of the block size."""
+    """The middle padded with the end token to a multiple of the block size (the padding is
+    input only: no target, as Fast-dLLM v2 excludes its block padding from the loss)."""
     return middle + [end] * (-len(middle) % block)
+
+
+def block_row(prompt: list[int], middle: list[int], end: int, block: int) -> BlockRow:
+    return BlockRow(prompt, pad_to_blocks(middle, end, block), length=len(middle))
 
 
 def complementary_masks(n: int, rng: random.Random) -> tuple[list[bool], list[bool]]:
@@ -78,10 +87,11 @@ def layout(row: BlockRow, block: int, mask_id: int, rng: random.Random):
     attend |= noisy & (prompt_keys | ((k_kind == 1) & (k_blk < q_blk)) | ((k_kind == q_kind) & (k_blk == q_blk)))
     targets = [IGNORE] * (P + n)
     source = [0] * (P + n)
+    length = row.length or n
     for c, mk in enumerate(masks):
         start = P + n * (c + 1)                     # where this copy begins
         for j in range(n):
-            targets.append(m[j] if mk[j] else IGNORE)
+            targets.append(m[j] if mk[j] and j < length else IGNORE)
             # slot 0 of a block: the clean token before it (prompt's last for block 0)
             source.append(P + j - 1 if j % block == 0 else start + j - 1)
     return ids, positions, attend, targets, source
@@ -114,7 +124,7 @@ def block_loss(model, ids, positions, attend, targets, source, certainty: float 
     scores, labels = picked[keep].float(), targets[keep]                                     # [N, V], [N]
     loss = F.cross_entropy(scores, labels)
     if certainty > 0:
-        logp = scores.log_softmax(dim=-1)
+        logp = (scores / CERTAINTY_TEMPERATURE).log_softmax(dim=-1)
         entropy = -(logp.exp() * logp).sum(dim=-1)                                           # [N]
         right = scores.argmax(dim=-1) == labels
         if right.any():

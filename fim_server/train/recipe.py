@@ -206,8 +206,8 @@ class Batches:
                 parts = encode_split(self.tok, self.sampler.split(), cfg, cfg.seq_len - cfg.max_middle - cfg.block_size - 3)
                 if parts:
                     p, m, s = parts
-                    rows.append(block_objective.BlockRow([sp.pre, *p, sp.suf, *s, sp.mid],
-                                                         block_objective.pad_to_blocks(m + [end], end, cfg.block_size)))
+                    rows.append(block_objective.block_row([sp.pre, *p, sp.suf, *s, sp.mid], m + [end], end,
+                                                          cfg.block_size))
             return rows
         return self.distilled_rows()
 
@@ -223,8 +223,8 @@ class Batches:
         splits = [self.sampler.split() for _ in range(cfg.batch)]
         rows = [self.teacher.start(InfillRequest(sp.prefix, sp.suffix), config) for sp in splits]
         self.teacher.decode(rows, config, None)
-        return [block_objective.BlockRow(list(r.prompt), block_objective.pad_to_blocks(
-                    r.ids + ([end] if r.stop_reason == "end" else []), end, cfg.block_size)) for r in rows]
+        return [block_objective.block_row(list(r.prompt), r.ids + ([end] if r.stop_reason == "end" else []),
+                                          end, cfg.block_size) for r in rows]
 
 
 # ---------------------------------------------------------------- model and loss
