@@ -232,7 +232,8 @@ class Batches:
 def build_model(cfg: TrainConfig, tok) -> torch.nn.Module:
     family = {"diffusion": "fim-tiny-dlm", "ar": "fim-tiny-ar", "block": "fim-tiny-block"}[cfg.objective]
     if cfg.init_from:
-        model = AutoModelForCausalLM.from_pretrained(cfg.init_from)
+        # float32 to train in, whatever the checkpoint holds (the bundled twins are float16)
+        model = AutoModelForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
         model.config.fim_family = family
         model.config.fim_logits_shifted = cfg.shifted or cfg.objective == "block"   # block: the AR head's meaning
         return model
@@ -336,7 +337,8 @@ def train(cfg: TrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "checkpoint" / "train_state.pt"
     resuming = state_file.exists()
-    model = (AutoModelForCausalLM.from_pretrained(out / "checkpoint") if resuming else build_model(cfg, tok)).to(dev)
+    model = (AutoModelForCausalLM.from_pretrained(out / "checkpoint", dtype=torch.float32) if resuming
+             else build_model(cfg, tok)).to(dev)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     log = {"config": asdict(cfg), "data": report, "params": n_params, "history": [], "started": time.time()}
