@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     config = harness.RunConfig(
         suite=args.suite, settings=tuple(settings), out=Path(args.out), base_options={"max_tokens": max_tokens},
-        connect=_connect_map(args.connect), model=args.model, ar_model=args.ar_model, threads=args.threads,
+        connect=_connect_map(args.connect), model=args.model, ar_model=args.ar_model, block_model=args.block_model, threads=args.threads,
         deadline_s=args.deadline, score_workers=args.score_workers, note=args.note, parallel=args.parallel,
         args={k: v for k, v in vars(args).items() if k != "func"})
     print(f"{args.suite}: {len(cases)} cases x {len(settings)} settings -> {config.out}", file=sys.stderr)
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"a small slice: --limit {QUICK_LIMIT} and --max-tokens {QUICK_MAX_TOKENS} unless given")
     p.add_argument("--model", default=None, help="diffusion checkpoint (default: the bundled one)")
     p.add_argument("--ar-model", default=None, help="AR checkpoint (default: the bundled AR twin)")
+    p.add_argument("--block-model", default=None, help="block-diffusion checkpoint (default: the bundled one)")
     p.add_argument("--connect", action="append", default=[], metavar="[ENGINE=]ADDR",
                    help="use a running worker instead of starting one (repeat per engine)")
     p.add_argument("--sweep", action="append", default=[], metavar="OPTION=V1,V2",

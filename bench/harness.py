@@ -57,6 +57,7 @@ class RunConfig:
     connect: dict[str, str] = field(default_factory=dict)        # engine -> address of a running worker
     model: Optional[str] = None          # diffusion (and speculative drafter) checkpoint
     ar_model: Optional[str] = None       # AR baseline (and speculative verifier) checkpoint
+    block_model: Optional[str] = None    # block-diffusion checkpoint
     threads: int = 0                     # torch threads of the workers started here; 0 = torch's default
     deadline_s: float = 300.0            # per request
     score_workers: int = 0               # parallel sandbox runs; 0 = one per core
@@ -88,7 +89,8 @@ def _spawn(engine: str, config: RunConfig):
     if engine == "speculative":
         extra = ("--ar-model", config.ar_model) if config.ar_model else ()
         return worker("speculative", config.model, config.threads, extra)
-    return worker(engine, config.ar_model if engine == "ar" else config.model, config.threads)
+    model = {"ar": config.ar_model, "block": config.block_model}.get(engine, config.model)
+    return worker(engine, model, config.threads)
 
 
 def start_workers(stack: contextlib.ExitStack, engines: list[str], config: RunConfig) -> dict[str, list[str]]:

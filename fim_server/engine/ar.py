@@ -12,17 +12,16 @@ positions whatever the padding: batch size 1 and batch N give the same tokens.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from transformers import DynamicCache
 
-from fim_server.models.loader import LoadedModel
+from fim_server.models.loader import LoadedModel, takes_logits_to_keep
 from fim_server.wire.options import DecodeConfig
 
-from .base import Engine, Timing
+from .base import PSM, Engine, RowState, Timing, banned_ids
 from .batching import left_pad
 from .kv import RowKV, assemble
 from .layout import fit_context
@@ -32,7 +31,7 @@ from .types import InfillRequest, InfillResult, ShouldStop, Stats
 
 
 @dataclass
-class _Row:
+class _Row(RowState):
     """One request while it decodes."""
 
     prompt: list[int]                               # PSM prompt ids, special tokens included
@@ -43,15 +42,9 @@ class _Row:
     nfe: int = 0                                    # forwards whose logits this row used
     stop_reason: str = ""                           # "" while running
 
-    @property
-    def done(self) -> bool:
-        return bool(self.stop_reason)
-
-    def finish(self, reason: str) -> None:
-        self.stop_reason = reason
 
 
-class AREngine(Engine):
+class AREngine(PSM, Engine):
     kind = "ar"
 
     def __init__(self, lm: LoadedModel, kv_store: Optional[PrefixStore] = None):
@@ -62,25 +55,11 @@ class AREngine(Engine):
         self.tok = lm.tokenizer
         self.ids = lm.ids
         self.end_ids = frozenset(self.ids.end_of_middle)
-        vocab = self.model.config.vocab_size          # width of the logits
-        self.banned = torch.zeros(vocab, dtype=torch.bool, device=lm.device)       # [V]
-        self.banned[[i for i in self.ids.banned if i < vocab]] = True
-        # embedding rows past the tokenizer (padded vocabularies) are no token at all
-        self.banned[len(self.tok):] = True
-        self.special_tokens = len(self.prompt([], []))
-        self.takes_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self.banned = banned_ids(lm)                    # [V]
+        self.takes_keep = takes_logits_to_keep(self.model)
         self.kv_store = kv_store if kv_store is not None else PrefixStore()
 
     # ---------------------------------------------------------------- public
-
-    def prompt(self, prefix_ids: list[int], suffix_ids: list[int]) -> list[int]:
-        """PSM: [bos] <fim_prefix> prefix <fim_suffix> suffix <fim_middle>."""
-        bos = [self.ids.bos] if self.ids.bos is not None else []
-        return bos + [self.ids.fim_prefix, *prefix_ids, self.ids.fim_suffix, *suffix_ids, self.ids.fim_middle]
-
-    def budget(self, config: DecodeConfig) -> int:
-        """Tokens left for prefix + suffix once the middle and the special tokens have room."""
-        return self.context_limit(config) - config.max_tokens - self.special_tokens
 
     # ---------------------------------------------------------------- set-up and results
 

@@ -26,6 +26,46 @@ from .types import InfillRequest, InfillResult, ShouldStop, Stats
 WARMUP_REQUEST = InfillRequest("def f(x):\n    return ", "\n")
 
 
+class RowState:
+    """What every engine's row has: a stop reason, "" while it runs (rows set `stop_reason`)."""
+
+    stop_reason: str
+
+    @property
+    def done(self) -> bool:
+        return bool(self.stop_reason)
+
+    def finish(self, reason: str) -> None:
+        self.stop_reason = reason
+
+
+def banned_ids(lm) -> torch.Tensor:
+    """bool [V]: ids never committed into a middle (the family's specials, and embedding rows past
+    the tokenizer, which padded vocabularies have and which are no token at all)."""
+    vocab = lm.model.config.vocab_size                   # width of the logits
+    banned = torch.zeros(vocab, dtype=torch.bool, device=lm.device)
+    banned[[i for i in lm.ids.banned if i < vocab]] = True
+    banned[len(lm.tokenizer):] = True
+    return banned
+
+
+class PSM:
+    """The prompt the AR and block engines share: [bos] <fim_prefix> P <fim_suffix> S <fim_middle>,
+    the middle follows. Needs `ids` and `context_limit` (an Engine)."""
+
+    def prompt(self, prefix_ids: list[int], suffix_ids: list[int]) -> list[int]:
+        bos = [self.ids.bos] if self.ids.bos is not None else []
+        return bos + [self.ids.fim_prefix, *prefix_ids, self.ids.fim_suffix, *suffix_ids, self.ids.fim_middle]
+
+    @property
+    def special_tokens(self) -> int:
+        return len(self.prompt([], []))
+
+    def budget(self, config: DecodeConfig) -> int:
+        """Tokens left for prefix + suffix once the middle and the special tokens have room."""
+        return self.context_limit(config) - config.max_tokens - self.special_tokens
+
+
 @dataclass(frozen=True)
 class Timing:
     t0: float                 # perf_counter when the batch arrived

@@ -24,10 +24,10 @@ from typing import Optional
 import torch
 from transformers import DynamicCache
 
-from fim_server.models.loader import LoadedModel
+from fim_server.models.loader import LoadedModel, takes_logits_to_keep
 from fim_server.wire.options import DecodeConfig
 
-from .base import Engine, Timing
+from .base import PSM, Engine, RowState, Timing, banned_ids
 from .batching import left_pad
 from .diffusion import DiffusionEngine
 from .layout import fit_context
@@ -37,7 +37,7 @@ from .types import InfillRequest, InfillResult, ShouldStop, Stats
 
 
 @dataclass(eq=False)
-class _Row:
+class _Row(RowState):
     """One request while it decodes."""
 
     prompt: list[int]                               # PSM prompt ids
@@ -46,12 +46,6 @@ class _Row:
     nfe: int = 0                                    # forwards in which this row had masks to fill
     stop_reason: str = ""
 
-    @property
-    def done(self) -> bool:
-        return bool(self.stop_reason)
-
-    def finish(self, reason: str) -> None:
-        self.stop_reason = reason
 
 
 class BlockCache:
@@ -111,7 +105,7 @@ class BlockCache:
             self.pending = self.pending[index]
 
 
-class BlockEngine(Engine):
+class BlockEngine(PSM, Engine):
     kind = "block"
 
     def __init__(self, lm: LoadedModel, kv_store: Optional[PrefixStore] = None):
@@ -122,27 +116,10 @@ class BlockEngine(Engine):
         self.tok = lm.tokenizer
         self.ids = lm.ids
         self.shifted = lm.family.shifted
-        vocab = self.model.config.vocab_size
-        self.banned = torch.zeros(vocab, dtype=torch.bool, device=lm.device)     # [V]
-        self.banned[[i for i in self.ids.banned if i < vocab]] = True
-        self.banned[len(self.tok):] = True                   # padded embedding rows are no token
+        self.banned = banned_ids(lm)                                                # [V]
         self.end_ids = torch.tensor(self.ids.end_of_middle, device=lm.device)      # [E]
-        self.special_tokens = len(self.prompt([], []))
-        self.keep_last = {"logits_to_keep": 1} if self._takes_keep() else {}
+        self.keep_last = {"logits_to_keep": 1} if takes_logits_to_keep(self.model) else {}
         self.kv_store = kv_store if kv_store is not None else PrefixStore()       # no cross-request reuse yet
-
-    def _takes_keep(self) -> bool:
-        import inspect
-
-        return "logits_to_keep" in inspect.signature(self.model.forward).parameters
-
-    def prompt(self, prefix_ids: list[int], suffix_ids: list[int]) -> list[int]:
-        """PSM: [bos] <fim_prefix> prefix <fim_suffix> suffix <fim_middle>."""
-        bos = [self.ids.bos] if self.ids.bos is not None else []
-        return bos + [self.ids.fim_prefix, *prefix_ids, self.ids.fim_suffix, *suffix_ids, self.ids.fim_middle]
-
-    def budget(self, config: DecodeConfig) -> int:
-        return self.context_limit(config) - config.max_tokens - self.special_tokens
 
     # ---------------------------------------------------------------- the three hooks
 

@@ -56,6 +56,10 @@ class DiffusionEngine(Engine):
         # project only the active window onto the vocabulary (a full forward has ~7x more positions)
         self.takes_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self.rope_inv_freq = rope_inv_freq(self.model)      # None: kv_shift falls back to refreshes
+        # the ids whose text holds a newline: single-line mode decodes the settled middle only
+        # once one of them is settled (no other token can put a newline into the decoded text)
+        texts = self.tok.batch_decode([[i] for i in range(len(self.tok))])
+        self.newline_ids = frozenset(i for i, text in enumerate(texts) if "\n" in text)
 
     # ---------------------------------------------------------------- set-up and results
 
@@ -151,16 +155,17 @@ class DiffusionEngine(Engine):
             return row.finish("end")
         if row.first_mask() == len(row.canvas):
             return row.finish("end" if len(row.canvas) < config.max_tokens else "length")
-        if config.single_line and line_complete(self.tok.decode(row.settled_ids())):
+        if config.single_line and self._line_complete(row.settled_ids()):
             return row.finish("line")
         row.advance_block()
 
+    def _line_complete(self, settled: list[int]) -> bool:
+        """line_complete of the settled middle's text; decoded (every step) only once a newline
+        token is among the settled ones, since before that the text has no newline."""
+        return not self.newline_ids.isdisjoint(settled) and line_complete(self.tok.decode(settled))
+
     def _masked(self, rows: list[Canvas], in_block: torch.Tensor) -> torch.Tensor:
-        masked = torch.zeros_like(in_block)
-        for b, row in enumerate(rows):
-            flags = row.block_masked()
-            masked[b, :len(flags)] = torch.tensor(flags, dtype=torch.bool)
-        return masked & in_block
+        return _flags([row.block_masked() for row in rows], in_block.shape[1], in_block.device) & in_block
 
     def _propose(self, logits: torch.Tensor, rows: list[Canvas], config: DecodeConfig,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -172,10 +177,7 @@ class DiffusionEngine(Engine):
             logits[no_expand, :, self.ids.expand] = float("-inf")
         ends = self.end_ids
         if ends and config.end_guard:
-            allowed = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)   # [B, L]
-            for b, row in enumerate(rows):
-                flags = row.end_allowed()
-                allowed[b, :len(flags)] = torch.tensor(flags, dtype=torch.bool)
+            allowed = _flags([row.end_allowed() for row in rows], logits.shape[1], logits.device)   # [B, L]
             logits[..., ends] = logits[..., ends].masked_fill(~allowed[..., None], float("-inf"))
         if config.temperature > 0:
             probs = torch.softmax(logits / config.temperature, dim=-1)
@@ -199,14 +201,9 @@ class DiffusionEngine(Engine):
             per_row.update(self._full_forward(full, capture=config.cache != "none", mode=config.cache))
         if cached:
             per_row.update(self._cached_forward(cached, config.cache))
-        blocks = [per_row[id(r)] for r in rows]
-        width = max(b.shape[0] for b in blocks)
-        logits = blocks[0].new_zeros((len(rows), width, blocks[0].shape[-1]))
-        in_block = torch.zeros((len(rows), width), dtype=torch.bool, device=logits.device)
-        for b, block in enumerate(blocks):
-            logits[b, :block.shape[0]] = block
-            in_block[b, :block.shape[0]] = True
-        return logits, in_block
+        blocks = [per_row[id(r)] for r in rows]                                    # [L_b, V] each
+        logits = torch.nn.utils.rnn.pad_sequence(blocks, batch_first=True)         # [B, Lmax, V], zero-padded
+        return logits, _flags([[True] * len(b) for b in blocks], logits.shape[1], logits.device)
 
     def _forward(self, ids: list[list[int]], positions: list[list[int]], windows: list[tuple[int, int]],
                  cache=None, key_valid=None):
@@ -277,3 +274,9 @@ class DiffusionEngine(Engine):
         for b, row in enumerate(rows):
             result[id(row)] = logits[b, :windows[b][1]]
         return result
+
+
+def _flags(rows: list[list[bool]], width: int, device: torch.device) -> torch.Tensor:
+    """Per-row flags over the active block -> bool [B, width], False past each row's block.
+    One tensor from one nested list: it is built at every step."""
+    return torch.tensor([flags + [False] * (width - len(flags)) for flags in rows], dtype=torch.bool, device=device)

@@ -41,20 +41,31 @@ class RowKV:
         return RowKV([(k.clone(), v.clone()) for k, v in self.layers])
 
 
+def _stack(parts: list[torch.Tensor], kmax: int, left_pad: bool) -> torch.Tensor:
+    """Per-row [H, K, D] -> [B, H, Kmax, D], zero-padded. Runs at every cached step for every
+    layer's keys and values, so a lone row that needs no padding is a view, not a copy (a
+    DynamicCache grows by concatenation and never writes into the tensors it is given); any
+    other batch costs one copy."""
+    if len(parts) == 1 and parts[0].shape[1] == kmax:
+        return parts[0][None]
+    heads, _, dim = parts[0].shape
+    out = parts[0].new_zeros((len(parts), heads, kmax, dim))
+    for b, part in enumerate(parts):
+        k = part.shape[1]
+        if left_pad:
+            out[b, :, kmax - k:] = part
+        else:
+            out[b, :, :k] = part
+    return out
+
+
 def assemble(rows: list[RowKV], config, left_pad: bool = False) -> tuple[DynamicCache, torch.Tensor]:
     """Stack row caches, right-padded (left-padded for the AR engine's left-padded batches):
     (cache with layers [B, H, Kmax, D], key_valid [B, Kmax])."""
     kmax = max(r.length for r in rows)
     n_layers = len(rows[0].layers)
-    data = []
-    for layer in range(n_layers):
-        keys, values = [], []
-        for r in rows:
-            k, v = r.layers[layer]                       # [H, K, D]
-            pad = (kmax - k.shape[1], 0) if left_pad else (0, kmax - k.shape[1])
-            keys.append(torch.nn.functional.pad(k, (0, 0, *pad)))
-            values.append(torch.nn.functional.pad(v, (0, 0, *pad)))
-        data.append((torch.stack(keys), torch.stack(values)))
+    data = [(_stack([r.layers[layer][0] for r in rows], kmax, left_pad),
+             _stack([r.layers[layer][1] for r in rows], kmax, left_pad)) for layer in range(n_layers)]
     device = rows[0].layers[0][0].device
     valid = torch.zeros((len(rows), kmax), dtype=torch.bool, device=device)
     for b, r in enumerate(rows):

@@ -32,7 +32,7 @@ from transformers import DynamicCache
 from fim_server.wire.options import DecodeConfig
 
 from .ar import AREngine
-from .base import Engine, Timing
+from .base import Engine, RowState, Timing
 from .batching import left_pad, pad_batch
 from .canvas import Canvas
 from .diffusion import DiffusionEngine
@@ -43,7 +43,7 @@ from .unmask import choose, make_rule
 
 
 @dataclass(eq=False)
-class _Row:
+class _Row(RowState):
     """One request while it decodes."""
 
     prompt: list[int]                               # AR PSM prompt ids
@@ -61,12 +61,6 @@ class _Row:
     draft_past: Optional[RowKV] = None              # drafter KV of the lead's first positions, from the last draft
     stop_reason: str = ""
 
-    @property
-    def done(self) -> bool:
-        return bool(self.stop_reason)
-
-    def finish(self, reason: str) -> None:
-        self.stop_reason = reason
 
 
 @dataclass

@@ -41,6 +41,11 @@ class LoadedModel:
         return out.logits, getattr(out, key, None)
 
 
+def takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the forward can project only some positions onto the vocabulary."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 def cache_keyword(model: torch.nn.Module) -> str:
     """The forward's argument for the KV cache: `cache` from transformers 5.24 on (there the old
     `past_key_values` warns that it goes in 5.40), `past_key_values` before."""
