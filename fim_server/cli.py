@@ -1,4 +1,5 @@
-"""`fim-server` command line: complete, serve (the resident worker), status, keys, infill, train."""
+"""`fim-server` command line: complete, serve (the resident worker), http (its HTTP front-end), status,
+keys, infill, train."""
 
 from __future__ import annotations
 
@@ -163,6 +164,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os._exit(rc)
 
 
+def cmd_http(args: argparse.Namespace) -> int:
+    from .http.app import command
+
+    return command(args, UsageError)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .wire.client import RequestFailed, SyncWorkerClient, WorkerUnavailable
 
@@ -247,6 +254,12 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--parent-pid", type=int, default=None, metavar="PID",
                    help="exit (as on SIGTERM) once process PID is gone: a spawner's crash ends its worker")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("http", help="HTTP front-end of the worker: llama.cpp /infill, OpenAI and Mistral FIM, "
+                                    "Tabby, Ollama (default http://127.0.0.1:8012)")
+    from .http.config import add_arguments as add_http_arguments
+    add_http_arguments(p)
+    p.set_defaults(func=cmd_http)
 
     p = sub.add_parser("status", help="print a running worker's stats as JSON")
     p.add_argument("--connect", required=True, metavar="ADDR")

@@ -7,7 +7,7 @@ The settings object a client sends (names are stable; editor clients rely on the
       "worker": {"address": "tcp://127.0.0.1:5555", "timeoutMs": 5000, "model": null, "arModel": null,
                  "threads": 0},
       "spawnWorker": true,
-      "debounceMs": 50,
+      "debounceMs": 0,
       "adaptiveDebounce": true,
       "maxLines": 8,
       "engine": {"max_tokens": 64, "threshold": 0.9},
@@ -43,10 +43,12 @@ class Settings:
     worker_model: str | None = None         # worker.model: checkpoint for a spawned worker (None: bundled)
     worker_ar_model: str | None = None      # worker.arModel: its AR verifier when engine.engine is
                                             # "speculative" (None: the bundled AR twin)
-    worker_threads: int = 0                 # worker.threads: torch threads of a spawned worker (0: torch's default)
+    worker_threads: int = 0                 # worker.threads: torch threads of a spawned worker (0: half the CPUs)
     spawn_worker: bool = True               # spawnWorker: start a worker when none answers (local addresses only)
-    debounce_ms: int = 50                   # debounceMs: wait this long for the next keystroke before asking
-    adaptive_debounce: bool = True          # adaptiveDebounce: stretch the wait to the user's typing rhythm
+    debounce_ms: int = 0                    # debounceMs: wait this long for the next keystroke before asking
+                                            # (0: ask at once; editors debounce their requests themselves,
+                                            # and a newer keystroke stops the worker's run between steps)
+    adaptive_debounce: bool = True          # adaptiveDebounce: stretch the wait (if any) to the typing rhythm
     max_lines: int = 8                      # maxLines: cap on lines of a multi-line completion
     engine: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
                                             # engine: DecodeConfig overrides sent with every request

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 from fim_server.wire.addresses import is_loopback
 from fim_server.wire.client import RequestFailed, WorkerClient, WorkerUnavailable
 from fim_server.wire.protocol import ErrorCode, ResponseMsg
-from fim_server.wire.spawn import READY_TIMEOUT_S, child_env, serve_command, wait_ready_async
+from fim_server.wire.spawn import READY_TIMEOUT_S, child_env, serve_command, stop_async, wait_ready_async
 
 from .settings import Settings
 
@@ -41,6 +41,18 @@ PROBE_DEADLINE_S = 1.0
 PROBE_BACKOFF_S = (0.25, 0.5, 1.0, 2.0)      # waits between probes while down; the last repeats
 RESPAWN_AFTER_S = 30.0                        # at most one spawn attempt per this interval
 SPAWNED_IDLE_EXIT_S = 30 * 60                 # a spawned worker unused this long exits (and frees ~400 MB)
+
+
+def spawn_threads(setting: int) -> int:
+    """Torch threads of a worker this server starts: `worker.threads`, or for 0 half the CPUs
+    this process may use, at least one. The worker shares the machine with the editor: torch's
+    own default (every core) makes each op wait for a core someone else holds. The bundled model
+    on 2 cores shared with other work: 1.4x slower per forward through the worker with 2 threads
+    than with 1, and several times slower in one process (bench/latency_breakdown.py, README)."""
+    if setting:
+        return setting
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // 2)
 
 
 class WorkerLink:
@@ -201,7 +213,7 @@ class WorkerLink:
     def _command(self) -> list[str]:
         s = self.settings
         return serve_command(s.worker_address, engine=s.engine_kind, model=s.worker_model,
-                             ar_model=s.worker_ar_model, threads=s.worker_threads,
+                             ar_model=s.worker_ar_model, threads=spawn_threads(s.worker_threads),
                              parent_pid=os.getpid(), idle_exit_s=SPAWNED_IDLE_EXIT_S)
 
     async def _spawn(self) -> tuple[bool, str]:
@@ -215,7 +227,7 @@ class WorkerLink:
         try:
             self._child = await asyncio.create_subprocess_exec(
                 *self._command(), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=fd, env=child_env(self.settings.worker_threads))
+                stdout=asyncio.subprocess.PIPE, stderr=fd, env=child_env(spawn_threads(self.settings.worker_threads)))
         except OSError as exc:
             return False, str(exc)
         finally:
@@ -255,11 +267,5 @@ class WorkerLink:
         for task in self._child_tasks:
             task.cancel()
         self._child_tasks = []
-        if child is None or child.returncode is not None:
-            return
-        child.terminate()
-        try:
-            await asyncio.wait_for(child.wait(), 10)
-        except asyncio.TimeoutError:
-            child.kill()
-            await child.wait()
+        if child is not None:
+            await stop_async(child)

@@ -518,7 +518,7 @@ async def test_invalid_settings_are_reported_and_defaults_used(start_lsp, worker
     text = client.messages[0].message
     assert "debounceMs" in text and "maxLines" in text and "colour" in text and "engine.threshold" in text
     settings = (await server_stats(client))["settings"]
-    assert settings["debounceMs"] == 50 and settings["maxLines"] == 8      # the defaults
+    assert settings["debounceMs"] == 0 and settings["maxLines"] == 8       # the defaults
     assert settings["engine"] == {"max_tokens": 16}                         # the valid entry kept
     open_doc(client, "file:///notes.md", "# Notes\n\nself.name = \n", language="markdown")
     assert await inline(client, "file:///notes.md", 2, 12) == []            # disabled language

@@ -275,6 +275,13 @@ def test_a_spawned_worker_is_tied_to_the_server_and_leaves_when_idle():
     assert float(cmd[cmd.index("--idle-exit") + 1]) == SPAWNED_IDLE_EXIT_S > 0
 
 
+def test_a_spawned_worker_leaves_cores_to_the_editor():
+    cmd = WorkerLink(parse_settings({})[0], print, print)._command()
+    assert 1 <= int(cmd[cmd.index("--threads") + 1]) <= max(1, (os.cpu_count() or 1) // 2)
+    cmd = WorkerLink(parse_settings({"worker": {"threads": 3}})[0], print, print)._command()
+    assert cmd[cmd.index("--threads") + 1] == "3"                            # a setting wins
+
+
 class ExitedChild:
     pid = 4242
 

@@ -1,5 +1,8 @@
 """The worker's pieces that need no socket: queue and batching, reuse cache, percentiles."""
 
+import threading
+import time
+
 from fim_server.wire.options import DecodeConfig
 from fim_server.wire.protocol import InfillMsg
 from fim_server.wire.typed_ahead import TypedAhead
@@ -37,6 +40,19 @@ def test_bounded_queue_and_batches_of_one_config():
     assert s.depth() == (2, 2)
     s.finish(batch)
     assert [j.msg.id for j in s.next_batch(0.1)[0]] == ["b"]
+
+
+def test_only_several_clients_wait_for_batch_mates():
+    s = Scheduler(limit=8, max_batch=2, batch_wait_s=30, clock=time.monotonic)
+    s.submit(job("a", clock=time.monotonic))
+    t0 = time.monotonic()
+    batch, _ = s.next_batch(1)
+    assert [j.msg.id for j in batch] == ["a"] and time.monotonic() - t0 < 10    # a lone client: no 30 s wait
+    s.finish(batch)
+    s.submit(job("b", client=b"c2", clock=time.monotonic))                      # a second client now sends
+    threading.Timer(0.05, lambda: s.submit(job("c", clock=time.monotonic))).start()
+    batch, _ = s.next_batch(1)
+    assert [j.msg.id for j in batch] == ["b", "c"]                              # b waited for its mate
 
 
 def test_expired_jobs_are_handed_back_not_batched():

@@ -67,6 +67,18 @@ async def wait_ready_async(stdout: asyncio.StreamReader) -> Optional[str]:
             return address
 
 
+async def stop_async(child: asyncio.subprocess.Process, timeout: float = 10.0) -> None:
+    """SIGTERM a spawned worker (it drains and exits) and wait; SIGKILL past `timeout`."""
+    if child.returncode is not None:
+        return
+    child.terminate()
+    try:
+        await asyncio.wait_for(child.wait(), timeout)
+    except asyncio.TimeoutError:
+        child.kill()
+        await child.wait()
+
+
 def wait_ready(proc: subprocess.Popen, log: Path, timeout: float = READY_TIMEOUT_S) -> str:
     """The endpoint from the worker's ready line (stdout in text mode); the worker is killed and
     its log raised when it exits or stays silent for `timeout` seconds."""

@@ -30,6 +30,7 @@ DEADLINE = "deadline"       # its deadline passed
 
 
 Clock = Callable[[], float]          # monotonic seconds; tests inject their own
+PEERS_S = 5.0                        # another client sent within this long: batch mates may come
 
 
 @dataclass(eq=False)
@@ -71,6 +72,8 @@ class Scheduler:
         self._pending: deque[Job] = deque()
         self._running: list[Job] = []
         self._closed = False
+        self._last_client: Optional[bytes] = None
+        self._peers_at = float("-inf")     # when a request last came from another client than the one before
         self._cond = threading.Condition()
 
     # ---------------------------------------------------------------- socket thread
@@ -80,6 +83,9 @@ class Scheduler:
         with self._cond:
             if self._closed or len(self._pending) >= self.limit:
                 return False
+            if self._last_client is not None and job.client != self._last_client:
+                self._peers_at = self.clock()
+            self._last_client = job.client
             self._pending.append(job)
             self._cond.notify()
             return True
@@ -141,7 +147,11 @@ class Scheduler:
 
     def _gather(self, first: Job) -> None:
         """Wait (lock held, released while waiting) until max_batch jobs share first's config
-        or batch_wait_s has passed since first arrived: requests that arrive together batch."""
+        or batch_wait_s has passed since first arrived: requests that arrive together batch.
+        Only while several clients send: one client's requests supersede each other per
+        document, so a lone client (an editor's own worker) would only wait for nothing."""
+        if self.clock() - self._peers_at > PEERS_S:
+            return
         until = first.received + self.batch_wait_s
 
         def enough() -> bool:

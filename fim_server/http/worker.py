@@ -1,0 +1,169 @@
+"""The front-end's link to the worker: the one WorkerClient, and a worker of its own when none
+answers at a local address.
+
+Built from the same pieces as the language server's link (lsp/worker_link.py): the loopback rule
+(`wire.addresses.is_loopback`), the worker's command line and environment (`wire.spawn.serve_command`,
+`child_env`) and its `ready ADDRESS` line (`wire.spawn.wait_ready_async`). The front-end listens at
+once; while its worker loads, requests get 503 "Loading model" (llama.cpp's answer). The worker is
+given this process's pid, so that it exits with it; one that dies is started again at the next
+request that finds it gone (at most once per RESPAWN_AFTER_S).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from fim_server.wire.client import RequestFailed, WorkerClient, WorkerUnavailable
+from fim_server.wire.protocol import ErrorCode, ResponseMsg
+from fim_server.wire.spawn import READY_TIMEOUT_S, child_env, serve_command, stop_async, wait_ready_async
+
+from .body import HttpError
+from .config import HttpConfig
+
+log = logging.getLogger(__name__)
+
+PROBE_DEADLINE_S = 1.0
+RESPAWN_AFTER_S = 30.0
+
+
+class WorkerLink:
+    def __init__(self, config: HttpConfig, on_up: Callable[[], None] = lambda: None):
+        self.config = config
+        self.client = WorkerClient(config.connect, curve_server_key=config.curve_server_key,
+                                   curve_secret_key=config.curve_secret_key)
+        self.state = "unknown"                  # up | starting | down | closed
+        self.info: dict[str, Any] = {}          # the worker's last stats (model, device, engine, ...)
+        self.spawn_log: Optional[str] = None
+        self._on_up = on_up
+        self._child: Optional[asyncio.subprocess.Process] = None
+        self._tasks: list[asyncio.Task] = []
+        self._last_spawn = -RESPAWN_AFTER_S
+
+    @property
+    def model(self) -> str:
+        """The worker's model, as a short name (its directory's)."""
+        source = str(self.info.get("model") or "")
+        return Path(source.rstrip("/")).name or "fim-server"
+
+    # ---------------------------------------------------------------- public
+
+    async def start(self) -> None:
+        """Probe once; start a worker when none answers and that is allowed."""
+        if await self.probe():
+            return
+        if self.config.may_spawn:
+            self._spawn_soon()
+        else:
+            log.warning("no worker answers at %s; requests get 503 until one does", self.config.connect)
+
+    async def probe(self) -> bool:
+        """Ask the worker for its stats; True when it answered."""
+        try:
+            self.info = await self.client.stats(deadline_s=PROBE_DEADLINE_S)
+        except (WorkerUnavailable, RequestFailed):
+            if self.state not in ("starting", "closed"):
+                self.state = "down"
+            return False
+        self._up()
+        return True
+
+    async def infill(self, prefix: str, suffix: str, **kwargs: Any) -> ResponseMsg:
+        """The worker's reply. Raises HttpError(503) while its worker loads, WorkerUnavailable
+        and RequestFailed as the client does; cancelling the caller cancels the request."""
+        if self.state == "starting":
+            raise HttpError(503, "Loading model")
+        if self.state == "down" and not await self.probe():       # fail fast, not at the deadline
+            self._lost()
+            raise HttpError(503, f"no worker answers at {self.config.connect}")
+        try:
+            reply = await self.client.infill(prefix, suffix, **kwargs)
+        except WorkerUnavailable:
+            self._lost()
+            raise
+        except RequestFailed as exc:
+            if exc.code is ErrorCode.unavailable:
+                self._lost()
+            raise
+        self._up()
+        return reply
+
+    async def stats(self) -> Optional[dict[str, Any]]:
+        return self.info if await self.probe() else None
+
+    async def close(self) -> None:
+        self.state = "closed"
+        self.client.close()
+        for task in self._tasks:
+            task.cancel()
+        child, self._child = self._child, None
+        if child is not None:
+            await stop_async(child)
+
+    # ---------------------------------------------------------------- state
+
+    def _up(self) -> None:
+        if self.state in ("up", "closed"):
+            return
+        self.state = "up"
+        self._on_up()
+
+    def _lost(self) -> None:
+        if self.state == "closed":
+            return
+        self.state = "down"
+        alive = self._child is not None and self._child.returncode is None
+        if self.config.may_spawn and not alive and time.monotonic() - self._last_spawn >= RESPAWN_AFTER_S:
+            self._spawn_soon()
+
+    # ---------------------------------------------------------------- a worker of its own
+
+    def _spawn_soon(self) -> None:
+        self.state, self._last_spawn = "starting", time.monotonic()
+        self._tasks.append(asyncio.ensure_future(self._spawn()))
+
+    async def _spawn(self) -> None:
+        c = self.config
+        address = c.connect
+        if address.startswith("ipc://"):
+            Path(address[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, self.spawn_log = tempfile.mkstemp(prefix="fim-worker-", suffix=".log")
+        log.warning("no worker answers at %s: starting one (log: %s)", address, self.spawn_log)
+        command = serve_command(address, engine=c.engine, model=c.model, ar_model=c.ar_model,
+                                threads=c.threads, parent_pid=os.getpid())
+        try:
+            child = await asyncio.create_subprocess_exec(
+                *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=fd,
+                env=child_env(c.threads))
+        except OSError as exc:
+            log.error("could not start a worker: %s", exc)
+            self.state = "down"
+            return
+        finally:
+            os.close(fd)
+        self._child = child
+        try:
+            ready = await asyncio.wait_for(wait_ready_async(child.stdout), READY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            ready = None
+        if ready is None:
+            log.error("the worker it started did not get ready; see %s", self.spawn_log)
+            if child.returncode is None:
+                child.kill()
+            self.state = "down"
+            return
+        self._tasks += [asyncio.ensure_future(child.stdout.read()),       # keep its pipe drained
+                        asyncio.ensure_future(self._watch(child))]
+        self.state = "down"                     # up once it answers
+        await self.probe()
+
+    async def _watch(self, child: asyncio.subprocess.Process) -> None:
+        status = await child.wait()
+        if child is self._child and self.state != "closed":
+            log.warning("the worker it started exited with status %s (log: %s)", status, self.spawn_log)
+            self.state = "down"
