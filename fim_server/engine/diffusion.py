@@ -11,17 +11,16 @@ One step, for every running row of the batch:
 
 from __future__ import annotations
 
-import inspect
 from functools import partial
 from typing import Callable, Optional
 
 import torch
 from transformers import DynamicCache
 
-from fim_server.models.loader import LoadedModel
+from fim_server.models.loader import LoadedModel, takes_logits_to_keep
 from fim_server.wire.options import DecodeConfig
 
-from .base import Engine, Timing
+from .base import Engine, Timing, banned_ids
 from .batching import pad_batch
 from .canvas import Canvas
 from .kv import RowKV, assemble, rope_inv_freq, shift_keys
@@ -47,14 +46,12 @@ class DiffusionEngine(Engine):
         self.tok = lm.tokenizer
         self.ids = lm.ids
         self.shifted = lm.family.shifted
-        vocab = self.model.config.vocab_size
-        self.banned = torch.zeros(vocab, dtype=torch.bool, device=lm.device)     # [V]
-        self.banned[[i for i in self.ids.banned if i < vocab]] = True
+        self.banned = banned_ids(lm)                                             # [V]
         # tokens the end guard holds back: the family's end tokens and, DreamOn-style, delete
         self.end_ids = sorted(i for i in {*self.ids.end_of_middle, self.ids.delete} if i is not None)
         self.kv_store = kv_store if kv_store is not None else PrefixStore()
         # project only the active window onto the vocabulary (a full forward has ~7x more positions)
-        self.takes_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self.takes_keep = takes_logits_to_keep(self.model)
         self.rope_inv_freq = rope_inv_freq(self.model)      # None: kv_shift falls back to refreshes
         # the ids whose text holds a newline: single-line mode decodes the settled middle only
         # once one of them is settled (no other token can put a newline into the decoded text)
