@@ -175,3 +175,14 @@ def test_single_line_stops_at_the_line_end(engine):
     assert result.stats.stop_reason in ("line", "end", "length", "empty")
     if result.stats.stop_reason == "line":
         assert "\n" in engine.tok.decode(result.token_ids).lstrip()
+
+
+def test_the_bundled_block_model_loads_by_default_and_decodes():
+    from fim_server.engine import load_engine
+
+    engine = load_engine("block", device="cpu")
+    assert engine.lm.family.name == "fim-tiny-block" and engine.shifted
+    req = InfillRequest("def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n")
+    result = engine.infill([req], DecodeConfig(engine="block", max_tokens=32, block_size=4))[0]
+    assert result.text and result.stats.stop_reason in ("end", "length")
+    assert 1 <= result.stats.nfe <= result.stats.tokens + 1        # never more than a forward per token
