@@ -23,15 +23,13 @@ import itertools
 import logging
 import os
 import signal
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 from fim_server.wire.addresses import is_loopback
 from fim_server.wire.client import RequestFailed, WorkerClient, WorkerUnavailable
 from fim_server.wire.protocol import ErrorCode, ResponseMsg
-from fim_server.wire.spawn import READY_TIMEOUT_S, child_env, serve_command, stop_async, wait_ready_async
+from fim_server.wire.spawn import SpawnFailed, new_log, serve_command, spawn_async, stop_async
 
 from .settings import Settings
 
@@ -210,35 +208,26 @@ class WorkerLink:
         return (self.settings.spawn_worker and is_loopback(self.settings.worker_address)
                 and not alive and not recent)
 
-    def _command(self) -> list[str]:
+    def _spawn_options(self) -> dict[str, Any]:
+        """serve_command's keywords for the worker this server starts."""
         s = self.settings
-        return serve_command(s.worker_address, engine=s.engine_kind, model=s.worker_model,
-                             ar_model=s.worker_ar_model, threads=spawn_threads(s.worker_threads),
-                             parent_pid=os.getpid(), idle_exit_s=SPAWNED_IDLE_EXIT_S)
+        return dict(engine=s.engine_kind, model=s.worker_model, ar_model=s.worker_ar_model,
+                    threads=spawn_threads(s.worker_threads), parent_pid=os.getpid(),
+                    idle_exit_s=SPAWNED_IDLE_EXIT_S)
+
+    def _command(self) -> list[str]:
+        return serve_command(self.settings.worker_address, **self._spawn_options())
 
     async def _spawn(self) -> tuple[bool, str]:
         """Start a worker and wait for its ready line: (ready, reason when not)."""
         self.state, self._last_spawn = "starting", time.monotonic()
         address = self.settings.worker_address
-        if address.startswith("ipc://"):
-            Path(address[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, self._child_log = tempfile.mkstemp(prefix="fim-worker-", suffix=".log")
+        self._child_log = new_log()
         self._log(f"fim: starting a completion worker at {address} (log: {self._child_log})")
         try:
-            self._child = await asyncio.create_subprocess_exec(
-                *self._command(), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=fd, env=child_env(spawn_threads(self.settings.worker_threads)))
-        except OSError as exc:
-            return False, str(exc)
-        finally:
-            os.close(fd)
-        try:
-            ready = await asyncio.wait_for(wait_ready_async(self._child.stdout), READY_TIMEOUT_S) is not None
-        except asyncio.TimeoutError:
-            ready = False
-        if not ready:
-            await self._stop_child()
-            return False, self._log_tail()
+            self._child = await spawn_async(address, self._child_log, **self._spawn_options())
+        except SpawnFailed as exc:
+            return False, exc.reason
         self._child_tasks = [asyncio.ensure_future(self._child.stdout.read()),   # keep the pipe drained
                              asyncio.ensure_future(self._watch_child(self._child))]
         return True, ""
@@ -254,13 +243,6 @@ class WorkerLink:
             self._log("fim: the completion worker it started has exited (idle); the next completion starts another")
             return
         self._down(f"the worker it started exited with status {status}")
-
-    def _log_tail(self) -> str:
-        try:
-            lines = Path(self._child_log).read_text(errors="replace").strip().splitlines()
-        except (OSError, TypeError):
-            lines = []
-        return lines[-1][:300] if lines else "it exited before it was ready"
 
     async def _stop_child(self) -> None:
         child, self._child = self._child, None

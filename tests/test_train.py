@@ -79,3 +79,28 @@ def test_block_twin_trains_from_the_ar_snapshot_with_distillation_and_decodes(ar
     result = engine.infill([req], config)[0]
     assert 1 <= result.stats.nfe <= 8 and result.stats.tokens == len(result.token_ids) <= 8
     assert result.text == engine.text(result.token_ids, req, config)
+
+
+def test_the_data_never_holds_evaluation_projects_or_humaneval(tmp_path):
+    """boltons and sortedcontainers (evaluation), the bench's pinned repositories (attrs, click,
+    more-itertools, packaging) and HumanEval problems are never training or held-out data."""
+    from fim_server.train.data import EXCLUDED_PROJECTS, collect_sources, humaneval_signatures
+
+    assert set(EXCLUDED_PROJECTS) == {"boltons", "sortedcontainers", "attrs", "click", "more-itertools", "packaging"}
+    files = {"boltons/iterutils.py": "def chunked(src, size):\n    return src\n",
+             "lib/sortedcontainers/sortedlist.py": "class SortedList:\n    pass\n",
+             "attr/_make.py": "def attrib():\n    pass\n",
+             "click/core.py": "class Command:\n    pass\n",
+             "more_itertools/more.py": "def first(iterable):\n    pass\n",
+             "vendor/packaging/version.py": "class Version:\n    pass\n",
+             "tools/packaging.py": "def pack():\n    pass\n",
+             "kept/util.py": "def keep_me(x):\n    return x + 1\n"}
+    signature = next(iter(humaneval_signatures()), None)
+    if signature:
+        files["kept/solutions.py"] = signature + "\n    return None\n"
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    train, held, report = collect_sources(tmp_path)
+    assert [s.path for s in train + held] == ["kept/util.py"]
+    assert report["excluded"] == 7 and report["humaneval"] == (1 if signature else 0)

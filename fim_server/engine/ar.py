@@ -21,11 +21,10 @@ from transformers import DynamicCache
 from fim_server.models.loader import LoadedModel, takes_logits_to_keep
 from fim_server.wire.options import DecodeConfig
 
-from .base import PSM, Engine, RowState, Timing, banned_ids
+from .base import PSM, Engine, RowState, Timing
 from .batching import left_pad
 from .kv import RowKV, assemble
 from .layout import fit_context
-from .postprocess import line_complete
 from .prefix_store import PrefixStore
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 
@@ -43,23 +42,13 @@ class _Row(RowState):
     stop_reason: str = ""                           # "" while running
 
 
-
 class AREngine(PSM, Engine):
     kind = "ar"
 
     def __init__(self, lm: LoadedModel, kv_store: Optional[PrefixStore] = None):
-        if lm.family.kind != "ar":
-            raise ValueError(f"{lm.family.name} is a {lm.family.kind} model; the AR engine needs a causal one")
-        self.lm = lm
-        self.model = lm.model
-        self.tok = lm.tokenizer
-        self.ids = lm.ids
+        super().__init__(lm, kv_store)
         self.end_ids = frozenset(self.ids.end_of_middle)
-        self.banned = banned_ids(lm)                    # [V]
         self.takes_keep = takes_logits_to_keep(self.model)
-        self.kv_store = kv_store if kv_store is not None else PrefixStore()
-
-    # ---------------------------------------------------------------- public
 
     # ---------------------------------------------------------------- set-up and results
 
@@ -147,7 +136,7 @@ class AREngine(PSM, Engine):
         if token in self.end_ids:
             return row.finish("end")            # cut there: the end token is not part of the middle
         row.ids.append(token)
-        if config.single_line and line_complete(self.tok.decode(row.ids)):
+        if config.single_line and self.line_complete(row.ids):
             return row.finish("line")
         if len(row.ids) >= config.max_tokens:
             return row.finish("length")

@@ -19,7 +19,7 @@ import torch
 
 from fim_server.wire.options import RESERVED_TOKENS, DecodeConfig, OptionError
 
-from .postprocess import postprocess
+from .postprocess import line_complete, postprocess
 from .prefix_store import PrefixStore
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 
@@ -77,6 +77,21 @@ class Engine(ABC):
     kind = ""
     warmup_tokens = 4
     kv_store: PrefixStore     # the prompt KV kept per document (cross-request reuse)
+
+    def __init__(self, lm, kv_store: Optional[PrefixStore] = None):
+        """The model-backed engines' common set-up; the model's family must be of this kind."""
+        if lm.family.kind != self.kind:
+            raise ValueError(f"{lm.family.name} is a {lm.family.kind} model; the {self.kind} engine cannot run it")
+        self.lm = lm
+        self.model = lm.model
+        self.tok = lm.tokenizer
+        self.ids = lm.ids
+        self.banned = banned_ids(lm)                         # [V]
+        self.kv_store = kv_store if kv_store is not None else PrefixStore()
+        # the ids whose text holds a newline: single-line checks decode the middle only once one
+        # of them is in it (no other token can put a newline into the decoded text)
+        texts = self.tok.batch_decode([[i] for i in range(len(self.tok))])
+        self.newline_ids = frozenset(i for i, text in enumerate(texts) if "\n" in text)
 
     def warmup(self) -> float:
         """One tiny request, so the first user request pays no first-use cost; seconds taken."""
@@ -139,6 +154,11 @@ class Engine(ABC):
             return
         for i in set(should_stop(running)) & set(running):
             rows[i].finish("cancelled")
+
+    def line_complete(self, ids: list[int]) -> bool:
+        """Single-line mode may stop after the middle `ids` (postprocess.line_complete of their
+        text), decoded only once a newline token is among them: the check runs every step."""
+        return not self.newline_ids.isdisjoint(ids) and line_complete(self.tok.decode(ids))
 
     def text(self, ids: list[int], req: InfillRequest, config: DecodeConfig) -> str:
         """The middle's text, post-processed once, here (fim_server.engine.postprocess)."""

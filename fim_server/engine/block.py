@@ -27,13 +27,12 @@ from transformers import DynamicCache
 from fim_server.models.loader import LoadedModel, takes_logits_to_keep
 from fim_server.wire.options import DecodeConfig
 
-from .base import PSM, Engine, RowState, Timing, banned_ids
+from .base import PSM, Engine, RowState, Timing
 from .batching import left_pad
-from .diffusion import DiffusionEngine
 from .layout import fit_context
-from .postprocess import line_complete
 from .prefix_store import PrefixStore
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
+from .unmask import propose_tokens, selector
 
 
 @dataclass(eq=False)
@@ -109,17 +108,10 @@ class BlockEngine(PSM, Engine):
     kind = "block"
 
     def __init__(self, lm: LoadedModel, kv_store: Optional[PrefixStore] = None):
-        if lm.family.kind != "block":
-            raise ValueError(f"{lm.family.name} is a {lm.family.kind} model; the block engine needs a block-diffusion one")
-        self.lm = lm
-        self.model = lm.model
-        self.tok = lm.tokenizer
-        self.ids = lm.ids
+        super().__init__(lm, kv_store)                   # kv_store: no cross-request reuse yet
         self.shifted = lm.family.shifted
-        self.banned = banned_ids(lm)                                                # [V]
         self.end_ids = torch.tensor(self.ids.end_of_middle, device=lm.device)      # [E]
         self.keep_last = {"logits_to_keep": 1} if takes_logits_to_keep(self.model) else {}
-        self.kv_store = kv_store if kv_store is not None else PrefixStore()       # no cross-request reuse yet
 
     # ---------------------------------------------------------------- the three hooks
 
@@ -134,7 +126,7 @@ class BlockEngine(PSM, Engine):
         live = [r for r in rows if not r.done]
         if not live:
             return
-        select = DiffusionEngine.selector(config)
+        select = selector(config)
         generator = torch.Generator(device=self.lm.device).manual_seed(config.seed)
         cache = BlockCache(self, live)
         steps = 0
@@ -185,14 +177,7 @@ class BlockEngine(PSM, Engine):
             first = masked & (masked.long().cumsum(dim=1) == 1)                                   # [B, L]
             ends = logits[..., self.end_ids]
             logits[..., self.end_ids] = ends.masked_fill(~first[..., None], float("-inf"))
-        if config.temperature > 0:
-            probs = torch.softmax(logits / config.temperature, dim=-1)
-            tokens = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(probs.shape[:2])
-            conf = probs.gather(-1, tokens[..., None]).squeeze(-1)
-        else:
-            probs = torch.softmax(logits, dim=-1)
-            conf, tokens = probs.max(dim=-1)
-        return tokens, conf, probs
+        return propose_tokens(logits, config.temperature, generator)
 
     def _after_step(self, rows: list[_Row], block: torch.Tensor, masked: torch.Tensor,
                     config: DecodeConfig) -> None:
@@ -203,10 +188,11 @@ class BlockEngine(PSM, Engine):
                 continue
             row.nfe += 1
             settled = self._settled(slots)
-            if self._end_at(settled) is not None:
-                row.ids += settled[:self._end_at(settled)]
+            end = self._end_at(settled)
+            if end is not None:
+                row.ids += settled[:end]
                 row.finish("end")
-            elif config.single_line and line_complete(self.tok.decode(row.ids + settled)):
+            elif config.single_line and self.line_complete(row.ids + settled):
                 row.ids += settled
                 row.finish("line")
 

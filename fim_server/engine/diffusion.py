@@ -11,8 +11,7 @@ One step, for every running row of the batch:
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from transformers import DynamicCache
@@ -20,43 +19,27 @@ from transformers import DynamicCache
 from fim_server.models.loader import LoadedModel, takes_logits_to_keep
 from fim_server.wire.options import DecodeConfig
 
-from .base import Engine, Timing, banned_ids
+from .base import Engine, Timing
 from .batching import pad_batch
 from .canvas import Canvas
 from .kv import RowKV, assemble, rope_inv_freq, shift_keys
 from .layout import fit_context
-from .postprocess import line_complete
 from .prefix_store import PrefixStore
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
-from .unmask import choose, make_rule
-
-# (conf [B, L], masked [B, L], probs [B, L, V]) -> (commit [B, L], early [B]): which positions a step commits
-Select = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
+from .unmask import Select, propose_tokens, selector
 
 class DiffusionEngine(Engine):
     kind = "diffusion"
     warmup_tokens = 8
 
     def __init__(self, lm: LoadedModel, kv_store: Optional[PrefixStore] = None):
-        if not lm.family.is_diffusion:
-            raise ValueError(f"{lm.family.name} is not a diffusion model")
-        self.lm = lm
-        self.model = lm.model
-        self.tok = lm.tokenizer
-        self.ids = lm.ids
+        super().__init__(lm, kv_store)
         self.shifted = lm.family.shifted
-        self.banned = banned_ids(lm)                                             # [V]
         # tokens the end guard holds back: the family's end tokens and, DreamOn-style, delete
         self.end_ids = sorted(i for i in {*self.ids.end_of_middle, self.ids.delete} if i is not None)
-        self.kv_store = kv_store if kv_store is not None else PrefixStore()
         # project only the active window onto the vocabulary (a full forward has ~7x more positions)
         self.takes_keep = takes_logits_to_keep(self.model)
         self.rope_inv_freq = rope_inv_freq(self.model)      # None: kv_shift falls back to refreshes
-        # the ids whose text holds a newline: single-line mode decodes the settled middle only
-        # once one of them is settled (no other token can put a newline into the decoded text)
-        texts = self.tok.batch_decode([[i] for i in range(len(self.tok))])
-        self.newline_ids = frozenset(i for i, text in enumerate(texts) if "\n" in text)
 
     # ---------------------------------------------------------------- set-up and results
 
@@ -105,7 +88,7 @@ class DiffusionEngine(Engine):
     # ---------------------------------------------------------------- the loop
 
     def decode(self, rows: list[Canvas], config: DecodeConfig, should_stop: Optional[ShouldStop]) -> None:
-        select = self.selector(config)
+        select = selector(config)
         generator = torch.Generator(device=self.lm.device).manual_seed(config.seed)
         for _ in range(config.step_cap):
             self.poll(rows, should_stop)
@@ -118,11 +101,6 @@ class DiffusionEngine(Engine):
         for row in rows:
             if not row.done:
                 row.finish("steps")
-
-    @staticmethod
-    def selector(config: DecodeConfig) -> Select:
-        """The configured unmask rule, with early commit on top (unmask.choose)."""
-        return partial(choose, make_rule(config), early_commit=config.early_commit)
 
     def step(self, rows: list[Canvas], config: DecodeConfig, generator: torch.Generator,
              select: Select) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,14 +130,9 @@ class DiffusionEngine(Engine):
             return row.finish("end")
         if row.first_mask() == len(row.canvas):
             return row.finish("end" if len(row.canvas) < config.max_tokens else "length")
-        if config.single_line and self._line_complete(row.settled_ids()):
+        if config.single_line and self.line_complete(row.settled_ids()):
             return row.finish("line")
         row.advance_block()
-
-    def _line_complete(self, settled: list[int]) -> bool:
-        """line_complete of the settled middle's text; decoded (every step) only once a newline
-        token is among the settled ones, since before that the text has no newline."""
-        return not self.newline_ids.isdisjoint(settled) and line_complete(self.tok.decode(settled))
 
     def _masked(self, rows: list[Canvas], in_block: torch.Tensor) -> torch.Tensor:
         return _flags([row.block_masked() for row in rows], in_block.shape[1], in_block.device) & in_block
@@ -176,15 +149,7 @@ class DiffusionEngine(Engine):
         if ends and config.end_guard:
             allowed = _flags([row.end_allowed() for row in rows], logits.shape[1], logits.device)   # [B, L]
             logits[..., ends] = logits[..., ends].masked_fill(~allowed[..., None], float("-inf"))
-        if config.temperature > 0:
-            probs = torch.softmax(logits / config.temperature, dim=-1)
-            flat = torch.multinomial(probs.flatten(0, 1), 1, generator=generator)   # [B*L, 1]
-            tokens = flat.view(probs.shape[:2])
-            conf = probs.gather(-1, tokens[..., None]).squeeze(-1)
-        else:
-            probs = torch.softmax(logits, dim=-1)
-            conf, tokens = probs.max(dim=-1)
-        return tokens, conf, probs
+        return propose_tokens(logits, config.temperature, generator)
 
     # ---------------------------------------------------------------- forwards
 

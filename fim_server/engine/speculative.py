@@ -330,7 +330,7 @@ class SpeculativeEngine(Engine):
 
 def draft_select(rule, config: DecodeConfig, steps_left: int, conf: torch.Tensor, masked: torch.Tensor,
                  probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The drafter's pick for one step (DiffusionEngine.Select): the unmask rule's picks plus the
+    """The drafter's pick for one step (unmask.Select): the unmask rule's picks plus the
     most confident positions the step budget needs. Sampling: as many positions, but the leftmost
     ones, ranked by the distributions' top probability (not the sampled tokens'): then each draft
     token is drawn from the q stored for it given every token before it, which the rejection rule

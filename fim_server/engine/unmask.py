@@ -9,9 +9,27 @@ early-commit step on top of the rule.
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import torch
 
 from fim_server.wire.options import DecodeConfig
+
+
+def propose_tokens(logits: torch.Tensor, temperature: float,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logits [B, L, V] (float, banned ids at -inf) -> the proposed token and its confidence per
+    slot ([B, L] each) and the distribution they come from ([B, L, V]): the argmax, or a sample
+    at `temperature` (> 0). The rules below then pick which proposals to commit."""
+    if temperature > 0:
+        probs = torch.softmax(logits / temperature, dim=-1)
+        tokens = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(probs.shape[:2])
+        conf = probs.gather(-1, tokens[..., None]).squeeze(-1)
+    else:
+        probs = torch.softmax(logits, dim=-1)
+        conf, tokens = probs.max(dim=-1)
+    return tokens, conf, probs
 
 
 def most_confident(conf: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
@@ -98,3 +116,13 @@ def choose(rule, conf: torch.Tensor, masked: torch.Tensor, probs: torch.Tensor,
         return commit, torch.zeros_like(masked[:, 0])
     early = settled_rows(probs, masked, early_commit) & (masked & ~commit).any(dim=1)   # [B]
     return commit | (early[:, None] & masked), early
+
+
+# (conf [B, L], masked [B, L], probs [B, L, V]) -> (commit [B, L], early [B]): what a step commits
+Select = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def selector(config: DecodeConfig) -> Select:
+    """The configured unmask rule with early commit on top: the selection of the diffusion
+    engines' steps (the speculative drafter wraps its own around `choose`)."""
+    return partial(choose, make_rule(config), early_commit=config.early_commit)

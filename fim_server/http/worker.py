@@ -2,8 +2,8 @@
 answers at a local address.
 
 Built from the same pieces as the language server's link (lsp/worker_link.py): the loopback rule
-(`wire.addresses.is_loopback`), the worker's command line and environment (`wire.spawn.serve_command`,
-`child_env`) and its `ready ADDRESS` line (`wire.spawn.wait_ready_async`). The front-end listens at
+(`wire.addresses.is_loopback`) and the spawner that waits for the worker's `ready ADDRESS` line
+(`wire.spawn.spawn_async`). The front-end listens at
 once; while its worker loads, requests get 503 "Loading model" (llama.cpp's answer). The worker is
 given this process's pid, so that it exits with it; one that dies is started again at the next
 request that finds it gone (at most once per RESPAWN_AFTER_S).
@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from fim_server.wire.client import RequestFailed, WorkerClient, WorkerUnavailable
 from fim_server.wire.protocol import ErrorCode, ResponseMsg
-from fim_server.wire.spawn import READY_TIMEOUT_S, child_env, serve_command, stop_async, wait_ready_async
+from fim_server.wire.spawn import SpawnFailed, new_log, spawn_async, stop_async
 
 from .body import HttpError
 from .config import HttpConfig
@@ -129,34 +128,16 @@ class WorkerLink:
 
     async def _spawn(self) -> None:
         c = self.config
-        address = c.connect
-        if address.startswith("ipc://"):
-            Path(address[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, self.spawn_log = tempfile.mkstemp(prefix="fim-worker-", suffix=".log")
-        log.warning("no worker answers at %s: starting one (log: %s)", address, self.spawn_log)
-        command = serve_command(address, engine=c.engine, model=c.model, ar_model=c.ar_model,
-                                threads=c.threads, parent_pid=os.getpid())
+        self.spawn_log = new_log()
+        log.warning("no worker answers at %s: starting one (log: %s)", c.connect, self.spawn_log)
         try:
-            child = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=fd,
-                env=child_env(c.threads))
-        except OSError as exc:
-            log.error("could not start a worker: %s", exc)
+            child = await spawn_async(c.connect, self.spawn_log, engine=c.engine, model=c.model,
+                                      ar_model=c.ar_model, threads=c.threads, parent_pid=os.getpid())
+        except SpawnFailed as exc:
+            log.error("the worker it started did not get ready (%s); see %s", exc.reason, self.spawn_log)
             self.state = "down"
             return
-        finally:
-            os.close(fd)
         self._child = child
-        try:
-            ready = await asyncio.wait_for(wait_ready_async(child.stdout), READY_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            ready = None
-        if ready is None:
-            log.error("the worker it started did not get ready; see %s", self.spawn_log)
-            if child.returncode is None:
-                child.kill()
-            self.state = "down"
-            return
         self._tasks += [asyncio.ensure_future(child.stdout.read()),       # keep its pipe drained
                         asyncio.ensure_future(self._watch(child))]
         self.state = "down"                     # up once it answers

@@ -19,6 +19,26 @@ log = logging.getLogger(__name__)
 HELD_OUT_PERCENT = 3          # of non-test modules, chosen by a hash of their path: stable across machines
 MAX_FILE_BYTES = 400_000
 
+# Never trained on: reserved for evaluation (boltons, sortedcontainers) or pinned by the bench's
+# repository suite (attrs, click, more-itertools, packaging). Project -> the top-level names its
+# files live under. HumanEval problems are kept out by their signatures (humaneval_signatures).
+EXCLUDED_PROJECTS = {
+    "boltons": ("boltons",),
+    "sortedcontainers": ("sortedcontainers",),
+    "attrs": ("attr", "attrs"),
+    "click": ("click",),
+    "more-itertools": ("more_itertools", "more-itertools"),
+    "packaging": ("packaging",),
+}
+EXCLUDED_NAMES = frozenset(name for names in EXCLUDED_PROJECTS.values() for name in names)
+
+
+def excluded(rel: str) -> bool:
+    """Whether a file (path relative to the data root) belongs to a project never trained on:
+    any directory on its path, or the module itself, carries one of the excluded names."""
+    parts = rel.split("/")
+    return any(p in EXCLUDED_NAMES for p in parts[:-1]) or parts[-1].removesuffix(".py") in EXCLUDED_NAMES
+
 
 @dataclass(frozen=True)
 class Source:
@@ -60,12 +80,16 @@ def collect_sources(root: Optional[Path] = None) -> tuple[list[Source], list[Sou
     root = root or stdlib_root()
     seen: set[str] = set()
     banned = humaneval_signatures()
-    train, held, report = [], [], {"files": 0, "duplicates": 0, "not_utf8": 0, "too_big": 0, "humaneval": 0}
+    train, held, report = [], [], {"files": 0, "duplicates": 0, "not_utf8": 0, "too_big": 0, "humaneval": 0,
+                                   "excluded": 0}
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
         if "site-packages" in rel or "dist-packages" in rel:
             continue
         report["files"] += 1
+        if excluded(rel):
+            report["excluded"] += 1
+            continue
         if path.stat().st_size > MAX_FILE_BYTES:
             report["too_big"] += 1
             continue

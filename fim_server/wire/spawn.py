@@ -14,6 +14,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -65,6 +66,54 @@ async def wait_ready_async(stdout: asyncio.StreamReader) -> Optional[str]:
         address = ready_address(line)
         if address is not None:
             return address
+
+
+class SpawnFailed(Exception):
+    """A spawned worker could not start or did not get ready; `reason` is one line for the user."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def new_log() -> str:
+    """A fresh file for a spawned worker's log (its stderr)."""
+    fd, path = tempfile.mkstemp(prefix="fim-worker-", suffix=".log")
+    os.close(fd)
+    return path
+
+
+def log_tail(path: str) -> str:
+    """The last line of a spawned worker's log: what it said before it gave up."""
+    try:
+        lines = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    return lines[-1][:300] if lines else "it exited before it was ready"
+
+
+async def spawn_async(address: str, log_path: str, *, timeout: float = READY_TIMEOUT_S,
+                      **command) -> asyncio.subprocess.Process:
+    """Start a worker on a local `address` (serve_command's keywords), its stderr to `log_path`,
+    and return it once it says `ready`; its stdout is left for the caller to drain. Raises
+    SpawnFailed (the worker stopped) when it cannot start or stays silent for `timeout` s."""
+    if address.startswith("ipc://"):
+        Path(address[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(log_path, "ab") as log:
+        try:
+            child = await asyncio.create_subprocess_exec(
+                *serve_command(address, **command), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=log, env=child_env(command.get("threads", 0)))
+        except OSError as exc:
+            raise SpawnFailed(str(exc)) from None
+    try:
+        ready = await asyncio.wait_for(wait_ready_async(child.stdout), timeout)
+    except asyncio.TimeoutError:
+        ready = None
+    if ready is None:
+        await stop_async(child)
+        raise SpawnFailed(log_tail(log_path))
+    return child
 
 
 async def stop_async(child: asyncio.subprocess.Process, timeout: float = 10.0) -> None:
