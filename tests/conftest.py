@@ -21,3 +21,19 @@ def random_dlm_dir(tmp_path_factory):
     from fim_server.models.random_init import build_random_checkpoint
 
     return build_random_checkpoint(tmp_path_factory.mktemp("dlm"), "fim-tiny-dlm", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A small random fim-tiny-dlm checkpoint for real worker processes (the worker and HTTP
+    tests), with a 1024-token window: room for their slow 700-800-token middles."""
+    import json
+
+    from fim_server.models.random_init import build_random_checkpoint
+
+    path = build_random_checkpoint(tmp_path_factory.mktemp("worker-dlm"), "fim-tiny-dlm",
+                                   hidden=64, layers=2, vocab_size=512)
+    config = json.loads((path / "config.json").read_text())
+    config["fim_context_tokens"] = 1024
+    (path / "config.json").write_text(json.dumps(config))
+    return path

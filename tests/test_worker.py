@@ -43,18 +43,6 @@ READY_TIMEOUT = 60
 # ---------------------------------------------------------------- worker processes
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    from fim_server.models.random_init import build_random_checkpoint
-
-    path = build_random_checkpoint(tmp_path_factory.mktemp("worker-dlm"), "fim-tiny-dlm",
-                                   hidden=64, layers=2, vocab_size=512)
-    config = json.loads((path / "config.json").read_text())
-    config["fim_context_tokens"] = 1024        # room for SLOW's 800-token middle
-    (path / "config.json").write_text(json.dumps(config))
-    return path
-
-
 @pytest.fixture
 def sock_dir():
     """A short directory for ipc:// paths (they are limited to ~100 characters)."""
