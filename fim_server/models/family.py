@@ -26,6 +26,7 @@ class Family:
     never_generate: tuple[str, ...] = ()        # special tokens that may not appear inside a middle
     bos: Optional[str] = None                   # prepended to the prompt when the family expects one
     context_tokens: int = 4096                  # default prefix + suffix + middle budget
+    defaults: tuple[tuple[str, object], ...] = ()   # published decoding settings: (DecodeConfig option, value)
     description: str = ""
 
     @property
@@ -140,6 +141,12 @@ CODELLAMA = register(Family(
     context_tokens=8192,
     description="Code Llama (Llama architecture, <PRE> P <SUF> S <MID>)",
 ))
+
+
+# --- Published diffusion coders, full attention (canvas engine); layouts in models/layouts/ ---
+
+
+# --- Published block-diffusion coders (block engine); layouts in models/layouts/ ---
 
 
 def _lookup(vocab: dict[str, int], token: Optional[str]) -> Optional[int]:

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from .family import Family, TokenIds, detect_family, resolve_tokens
+from .published import Layout, find_layout, needs_remote_code, read_raw_config, unsupported_message
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,16 @@ def resolve_source(name_or_path: Optional[str], kind: str) -> str:
     return name_or_path
 
 
+def published_layout(source: str) -> Optional[Layout]:
+    """The native layout of a published checkpoint that ships its own modeling code; None when
+    transformers knows the checkpoint as it is. Never runs remote code: an unknown one is refused."""
+    raw = read_raw_config(source)
+    layout = find_layout(raw)
+    if layout is None and needs_remote_code(raw):
+        raise ValueError(unsupported_message(source, raw))
+    return layout
+
+
 def load_model(
     name_or_path: Optional[str] = None,
     kind: str = "diffusion",
@@ -124,8 +135,14 @@ def load_model(
     source = resolve_source(name_or_path, kind)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dev, dtype)
-    config = AutoConfig.from_pretrained(source)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    layout = published_layout(source)
+    if layout is not None:
+        config = layout.translate(read_raw_config(source))
+        tokenizer = (layout.load_tokenizer or AutoTokenizer.from_pretrained)(source)
+        family = family or layout.family
+    else:
+        config = AutoConfig.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
     fam = detect_family(config.model_type, tokenizer.get_vocab(), family or getattr(config, "fim_family", None))
     if fam.kind != kind:
         raise ValueError(f"{source} is a {fam.kind} model ({fam.name}); the {kind} engine cannot run it")
@@ -133,7 +150,11 @@ def load_model(
         # the checkpoint says which convention it was trained with (the bundled twin: AR-initialised, shifted)
         fam = dataclasses.replace(fam, shifted=bool(config.fim_logits_shifted))
     ids = resolve_tokens(fam, tokenizer.get_vocab(), tokenizer.pad_token_id)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    if layout is not None:
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, key_mapping=layout.key_mapping,
+                                                     dtype=torch_dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     model.to(dev).eval()
     limit = getattr(config, "fim_context_tokens", None) or min(
         fam.context_tokens, getattr(config, "max_position_embeddings", fam.context_tokens))
