@@ -1,5 +1,6 @@
 """Training data for the bundled twins: permissively licensed Python (the CPython standard
-library of the running interpreter, PSF license), deduplicated, with whole modules held out,
+library of the running interpreter, PSF license, plus the MIT/BSD/Apache-2.0/PSF packages that
+train/packages.py fetches), deduplicated, with whole modules and packages held out,
 and FIM examples cut from it the way the engine sees text at inference (prefix, middle and
 suffix tokenized separately)."""
 
@@ -10,13 +11,18 @@ import logging
 import random
 import re
 import sysconfig
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from tqdm import tqdm
+
 log = logging.getLogger(__name__)
 
 HELD_OUT_PERCENT = 3          # of non-test modules, chosen by a hash of their path: stable across machines
+HELD_OUT_PACKAGE_PERCENT = 5  # of fetched packages, held out whole
+NEAR_DUP = 0.85               # MinHash Jaccard above which two files count as one
 MAX_FILE_BYTES = 400_000
 
 # Never trained on: reserved for evaluation (boltons, sortedcontainers) or pinned by the bench's
@@ -44,6 +50,7 @@ def excluded(rel: str) -> bool:
 class Source:
     path: str                 # relative to its root
     text: str
+    package: str = "stdlib"   # the package it comes from (a whole package is train or held out)
 
 
 def stdlib_root() -> Path:
@@ -51,9 +58,19 @@ def stdlib_root() -> Path:
 
 
 def _is_held_out(rel: str) -> bool:
+    """Standard library: a stable 3% of its library modules (a hash of the path)."""
     if "/test" in "/" + rel or rel.startswith("idlelib/idle_test"):
         return False          # held-out modules are library code, like what users complete
-    return int(hashlib.sha1(rel.encode()).hexdigest(), 16) % 100 < HELD_OUT_PERCENT
+    return _hash_percent(rel) < HELD_OUT_PERCENT
+
+
+def _package_held_out(package: str) -> bool:
+    """Fetched packages are held out whole: a stable share of them, chosen by a hash of the name."""
+    return _hash_percent("package:" + package) < HELD_OUT_PACKAGE_PERCENT
+
+
+def _hash_percent(key: str) -> int:
+    return int(hashlib.sha1(key.encode()).hexdigest(), 16) % 100
 
 
 def _normalise(text: str) -> str:
@@ -75,41 +92,92 @@ def humaneval_signatures() -> set[str]:
     return sigs
 
 
-def collect_sources(root: Optional[Path] = None) -> tuple[list[Source], list[Source], dict]:
-    """(train, held_out, report). Exact and whitespace-normalised duplicates are dropped."""
-    root = root or stdlib_root()
+def data_roots(root: Optional[Path], corpus: Optional[Path]) -> list[tuple[str, Path]]:
+    """(package, directory): the standard library, then each package of a fetched corpus."""
+    from .packages import package_roots
+
+    return [("stdlib", root or stdlib_root())] + package_roots(corpus)
+
+
+def collect_sources(root: Optional[Path] = None, corpus: Optional[Path] = None,
+                    near_dup: bool = True) -> tuple[list[Source], list[Source], dict]:
+    """(train, held_out, report) from the standard library (or `root`) plus a fetched package
+    corpus (train/packages.py). Dropped: excluded projects, files over MAX_FILE_BYTES, non-UTF-8,
+    exact and whitespace-normalised duplicates, near-duplicates (MinHash, Jaccard >= NEAR_DUP of
+    5-token shingles; a held-out file near a training file is the one dropped) and files holding
+    a HumanEval signature."""
     seen: set[str] = set()
     banned = humaneval_signatures()
-    train, held, report = [], [], {"files": 0, "duplicates": 0, "not_utf8": 0, "too_big": 0, "humaneval": 0,
-                                   "excluded": 0}
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root).as_posix()
-        if "site-packages" in rel or "dist-packages" in rel:
-            continue
-        report["files"] += 1
-        if excluded(rel):
-            report["excluded"] += 1
-            continue
-        if path.stat().st_size > MAX_FILE_BYTES:
-            report["too_big"] += 1
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            report["not_utf8"] += 1
-            continue
-        digest = hashlib.sha1(_normalise(text).encode()).hexdigest()
-        if digest in seen or not text.strip():
-            report["duplicates"] += 1
-            continue
-        seen.add(digest)
-        if any(sig in text for sig in banned):
-            report["humaneval"] += 1
-            continue
-        (held if _is_held_out(rel) else train).append(Source(rel, text))
+    train, held = [], []
+    report = {"files": 0, "duplicates": 0, "near_duplicates": 0, "not_utf8": 0, "too_big": 0,
+              "humaneval": 0, "excluded": 0}
+    for package, base in data_roots(root, corpus):
+        for path in sorted(base.rglob("*.py")):
+            rel = path.relative_to(base).as_posix()
+            if "site-packages" in rel or "dist-packages" in rel:
+                continue
+            report["files"] += 1
+            text = _read_source(path, rel, report)
+            if text is None:
+                continue
+            digest = hashlib.sha1(_normalise(text).encode()).hexdigest()
+            if digest in seen or not text.strip():
+                report["duplicates"] += 1
+                continue
+            seen.add(digest)
+            if any(sig in text for sig in banned):
+                report["humaneval"] += 1
+                continue
+            is_held = _is_held_out(rel) if package == "stdlib" else _package_held_out(package)
+            (held if is_held else train).append(Source(rel, text, package))
+    if near_dup:
+        train, held = drop_near_duplicates(train, held, report)
     report.update(train=len(train), held_out=len(held),
-                  train_chars=sum(len(s.text) for s in train), held_out_chars=sum(len(s.text) for s in held))
+                  train_chars=sum(len(s.text) for s in train), held_out_chars=sum(len(s.text) for s in held),
+                  held_out_packages=sorted({s.package for s in held if s.package != "stdlib"}))
     return train, held, report
+
+
+def _read_source(path: Path, rel: str, report: dict) -> Optional[str]:
+    if excluded(rel):
+        report["excluded"] += 1
+        return None
+    if path.stat().st_size > MAX_FILE_BYTES:
+        report["too_big"] += 1
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        report["not_utf8"] += 1
+        return None
+
+
+def shingles(text: str, n: int = 5) -> list[bytes]:
+    """Overlapping n-token windows of a file (words and single punctuation marks)."""
+    tokens = re.findall(r"\w+|[^\w\s]", text)
+    return [" ".join(tokens[i:i + n]).encode() for i in range(len(tokens) - n + 1)]
+
+
+def drop_near_duplicates(train: list[Source], held: list[Source], report: dict,
+                         threshold: float = NEAR_DUP, num_perm: int = 64) -> tuple[list[Source], list[Source]]:
+    """Keep the first of each group of near-identical files (vendored copies, other versions),
+    training files first. Files too short to shingle are left to the exact check."""
+    from datasketch import MinHash, MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    kept: tuple[list[Source], list[Source]] = ([], [])
+    for side, sources in enumerate((train, held)):
+        for i, src in enumerate(tqdm(sources, desc="near-duplicates", unit="file", mininterval=5, leave=False)):
+            grams = shingles(src.text)
+            if len(grams) >= 5:
+                sketch = MinHash(num_perm=num_perm, hashfunc=zlib.crc32)
+                sketch.update_batch(grams)
+                if lsh.query(sketch):
+                    report["near_duplicates"] += 1
+                    continue
+                lsh.insert(f"{side}:{i}", sketch)
+            kept[side].append(src)
+    return kept
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ class TrainConfig:
     ar_fraction: float = 0.0         # block: share of batches that are plain AR (next-token) batches
     distill_from: str = ""           # block: an AR FIM model whose greedy middles become the targets
     bf16: bool = False               # bfloat16 autocast (CPUs with bf16 matrix units: AMX, avx512_bf16)
+    corpus: str = ""                 # a package corpus fetched by `python -m fim_server.train.packages`
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -93,6 +94,7 @@ class Specials:
 # ---------------------------------------------------------------- batches
 
 IGNORE = -100
+WINDOW_CHARS_PER_TOKEN = 10      # file window per context token: ~3 chars make a token, so both sides get more text than room
 
 
 def encode_split(tok, split, cfg: TrainConfig, room: int):
@@ -182,7 +184,7 @@ class Batches:
     def __init__(self, tok, sources, cfg: TrainConfig, seed: int, teacher=None):
         self.tok, self.cfg = tok, cfg
         self.sp = Specials(tok)
-        self.sampler = ExampleSampler(sources, seed)
+        self.sampler = ExampleSampler(sources, seed, window_chars=WINDOW_CHARS_PER_TOKEN * cfg.seq_len)
         self.rng = random.Random(seed + 1)
         self.teacher = teacher
 
@@ -236,6 +238,7 @@ def build_model(cfg: TrainConfig, tok) -> torch.nn.Module:
         model = AutoModelForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
         model.config.fim_family = family
         model.config.fim_logits_shifted = cfg.shifted or cfg.objective == "block"   # block: the AR head's meaning
+        model.config.fim_context_tokens = cfg.seq_len
         return model
     config = Qwen2Config(
         vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
@@ -330,7 +333,7 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if cfg.device == "auto" else cfg.device))
-    train_src, held_src, report = collect_sources()
+    train_src, held_src, report = collect_sources(corpus=Path(cfg.corpus) if cfg.corpus else None)
     print(f"data: {report}")
     tok = build_tokenizer(cfg, train_src)
     out = Path(cfg.out)
