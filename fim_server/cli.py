@@ -1,5 +1,5 @@
 """`fim-server` command line: complete, serve (the resident worker), http (its HTTP front-end), status,
-keys, infill, train."""
+models, keys, infill, train."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from .wire.addresses import DEFAULT_ADDRESS
-from .wire.options import ENGINES, DecodeConfig, OptionError, add_arguments, from_arguments
+from .wire.options import ENGINES, DecodeConfig, OptionError, add_arguments, from_arguments, given_arguments
 
 MAX_INPUT_BYTES = 8 * 1024 * 1024       # larger documents are refused, not loaded
 
@@ -44,9 +44,10 @@ def read_text(path: Optional[str], what: str) -> str:
         raise UsageError(f"{what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def decode_config(args: argparse.Namespace) -> DecodeConfig:
+def decode_config(args: argparse.Namespace, base: Optional[DecodeConfig] = None) -> DecodeConfig:
+    """`base` (DecodeConfig's defaults when None) with the decoding flags given on the command line."""
     try:
-        return from_arguments(args)
+        return from_arguments(args, base)
     except OptionError as exc:
         raise UsageError(str(exc)) from None
 
@@ -54,7 +55,7 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
 def cmd_complete(args: argparse.Namespace) -> int:
     prefix = read_text(args.prefix_file, "prefix")
     suffix = read_text(args.suffix_file, "suffix")
-    config = decode_config(args)
+    config = decode_config(args)          # checked before anything loads
     if args.connect:
         return complete_remote(args, prefix, suffix, config)
     from .engine import InfillRequest, load_engine
@@ -69,6 +70,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
         engine = load_engine(args.engine, model, device=args.device, dtype=args.dtype, family=args.family, **extra)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load model {model or 'bundled'}: {exc}") from None
+    config = decode_config(args, engine.default_config())     # the family's published defaults, then the flags
     result = engine.infill([InfillRequest(prefix, suffix, "cli")], config)[0]
     print_completion(args, result.text, {
         **result.stats.to_dict(), "model": engine.lm.source, "family": engine.lm.family.name,
@@ -93,13 +95,13 @@ def connect_options(args: argparse.Namespace) -> dict:
 
 
 def complete_remote(args: argparse.Namespace, prefix: str, suffix: str, config: DecodeConfig) -> int:
-    """complete --connect: the worker's model answers; only options that differ from the
-    defaults are sent, so the worker's engine and its defaults apply otherwise."""
+    """complete --connect: the worker's model answers; only the options given on the command line
+    are sent (the engine only when not the default), so the worker's engine and defaults apply otherwise."""
     from .wire.client import RequestFailed, SyncWorkerClient, WorkerUnavailable
 
-    defaults = DecodeConfig().to_dict()
-    options = {k: v for k, v in config.to_dict().items()
-               if v != defaults[k] and k not in ("max_tokens", "single_line")}
+    options = {k: v for k, v in given_arguments(args).items() if k not in ("max_tokens", "single_line")}
+    if options.get("engine") == DecodeConfig().engine:
+        del options["engine"]
     with SyncWorkerClient(args.connect, **connect_options(args)) as client:
         try:
             reply = client.infill(prefix, suffix, options=options, max_tokens=config.max_tokens,
@@ -180,6 +182,40 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"fim-server: {exc}", file=sys.stderr)
             return 1
     print(json.dumps(stats, indent=2 if sys.stdout.isatty() else None))
+    return 0
+
+
+ENGINE_PATHS = {"diffusion": "canvas", "block": "block", "ar": "ar"}   # Family.kind -> the engine that runs it
+
+
+def model_families() -> list[dict]:
+    """Every family: where it comes from, the engine path it takes, the published layouts that
+    load as it, and its decoding defaults."""
+    from .models import layouts  # noqa: F401  (each layout module registers itself)
+    from .models.family import FAMILIES
+    from .models.published import LAYOUTS
+
+    rows = []
+    for name, family in FAMILIES.items():
+        mapped = sorted(layout.name for layout in LAYOUTS.values()
+                        if name in (layout.family, *(f for _, f in layout.variants)))
+        source = "bundled" if name.startswith("fim-tiny") else "published" if mapped else "transformers"
+        rows.append({"family": name, "source": source, "engine": ENGINE_PATHS[family.kind], "layouts": mapped,
+                     "defaults": dict(family.defaults), "description": family.description})
+    return rows
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    rows = model_families()
+    if args.json:
+        print(json.dumps(rows, indent=2 if sys.stdout.isatty() else None))
+        return 0
+    print(f"{'family':<18} {'source':<12} {'engine':<7} {'layouts':<18} defaults")
+    for row in rows:
+        defaults = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in row["defaults"].items()) or "-"
+        print(f"{row['family']:<18} {row['source']:<12} {row['engine']:<7} {', '.join(row['layouts']) or '-':<18} "
+              f"{defaults}")
+        print(f"    {row['description']}")
     return 0
 
 
@@ -266,6 +302,10 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the worker")
     add_curve_client_options(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("models", help="the model families: engine path, published layouts, decoding defaults")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per family")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("keys", help="generate a CURVE key pair (NAME.key and NAME.key_secret)")
     p.add_argument("--out", required=True, metavar="DIR")

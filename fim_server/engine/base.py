@@ -51,11 +51,14 @@ def banned_ids(lm) -> torch.Tensor:
 
 class PSM:
     """The prompt the AR and block engines share: [bos] <fim_prefix> P <fim_suffix> S <fim_middle>,
-    the middle follows. Needs `ids` and `context_limit` (an Engine)."""
+    the middle follows. Needs `lm`, `ids` and `context_limit` (an Engine)."""
 
     def prompt(self, prefix_ids: list[int], suffix_ids: list[int]) -> list[int]:
+        """PSM, or SPM (<fim_suffix> S <fim_prefix> P <fim_middle>) for a family trained so."""
         bos = [self.ids.bos] if self.ids.bos is not None else []
-        return bos + [self.ids.fim_prefix, *prefix_ids, self.ids.fim_suffix, *suffix_ids, self.ids.fim_middle]
+        prefix, suffix = [self.ids.fim_prefix, *prefix_ids], [self.ids.fim_suffix, *suffix_ids]
+        body = suffix + prefix if self.lm.family.fim_order == "spm" else prefix + suffix
+        return bos + body + [self.ids.fim_middle]
 
     @property
     def special_tokens(self) -> int:
@@ -93,10 +96,24 @@ class Engine(ABC):
         texts = self.tok.batch_decode([[i] for i in range(len(self.tok))])
         self.newline_ids = frozenset(i for i, text in enumerate(texts) if "\n" in text)
 
+    def default_config(self) -> DecodeConfig:
+        """The options a request starts from: DecodeConfig's defaults under the published decoding
+        settings of the model's family (Family.defaults), when the family runs on this engine, and
+        the block size the checkpoint itself names (config.fim_block_size: SDAR's -b16 ...)."""
+        config = DecodeConfig(engine=self.kind)
+        family = self.lm.family
+        if family.kind != self.kind:
+            return config
+        defaults = dict(family.defaults)
+        block = getattr(self.model.config, "fim_block_size", None)
+        if block:
+            defaults["block_size"] = block
+        return config.replace(**defaults)
+
     def warmup(self) -> float:
         """One tiny request, so the first user request pays no first-use cost; seconds taken."""
         t0 = time.perf_counter()
-        self.infill([WARMUP_REQUEST], DecodeConfig(engine=self.kind, max_tokens=self.warmup_tokens))
+        self.infill([WARMUP_REQUEST], self.default_config().replace(max_tokens=self.warmup_tokens))
         return time.perf_counter() - t0
 
     @torch.inference_mode()

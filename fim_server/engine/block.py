@@ -14,6 +14,13 @@ slot 0 comes from the last position before the block (the prompt's last token, o
 block's last slot); that position is final, and its logits are kept for the block's later steps.
 Unshifted: slot j is predicted at j. Rows move from block to block together, so their caches
 stay one right-aligned tensor; a row that settled its block waits for the others.
+
+Aligned blocks (the published coders, Family.aligned_blocks): blocks sit at multiples of
+block_size counted from each row's first prompt token, as they were trained. The prefill then
+covers the prompt's whole blocks only, block-causal; the prompt's last partial block (its tail)
+opens the first block, fixed, with the first middle slots after it. Sub-blocks
+(DecodeConfig.sub_block_size, Fast-dLLM v2) fill a block's slots left to right, a sub-block at a
+time, while every forward still covers the whole block.
 """
 
 from __future__ import annotations
@@ -25,11 +32,12 @@ import torch
 from transformers import DynamicCache
 
 from fim_server.models.loader import LoadedModel, takes_logits_to_keep
-from fim_server.wire.options import DecodeConfig
+from fim_server.wire.options import DecodeConfig, OptionError
 
 from .base import PSM, Engine, RowState, Timing
-from .batching import left_pad
+from .batching import pad_batch
 from .layout import fit_context
+from .lossless import decode_lossless
 from .prefix_store import PrefixStore
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 from .unmask import propose_tokens, selector
@@ -44,23 +52,39 @@ class _Row(RowState):
     ids: list[int] = field(default_factory=list)    # the middle: tokens of settled blocks (end excluded)
     nfe: int = 0                                    # forwards in which this row had masks to fill
     stop_reason: str = ""
+    span: tuple[int, int] = (0, 0)                  # the active block's slots this row fills (after its tail)
 
 
 
 class BlockCache:
     """The batch's KV cache and what goes with it: rows right-aligned, [B, H, K, D] per layer."""
 
-    def __init__(self, engine: "BlockEngine", rows: list[_Row]):
+    def __init__(self, engine: "BlockEngine", rows: list[_Row], block_size: int = 0):
+        """Prefill each row's prompt, less its tail when blocks are aligned (see `tails`; block_size
+        matters only then)."""
         self.engine = engine
         self.lm = engine.lm
         self.cache = DynamicCache(config=self.lm.model.config)
-        ids, mask, positions = left_pad([r.prompt for r in rows], engine.ids.pad, self.lm.device)   # [B, T]
-        logits, _ = self.lm.forward(self.cache, input_ids=ids, attention_mask=mask, position_ids=positions,
-                                    use_cache=True, **engine.keep_last)
-        self.valid = mask.bool()                                   # [B, K] real (not padding) slots
-        self.next_pos = positions[:, -1] + 1                       # [B] position of the first uncached token
-        self.first = logits[:, -1]                                 # [B, V] predicts block slot 0 (shifted)
+        cut = [len(r.prompt) - len(t) for r, t in zip(rows, engine.tails(rows, block_size))]
+        ids, valid = pad_batch([r.prompt[:n] for r, n in zip(rows, cut)], engine.ids.pad, self.lm.device, left=True)
+        self.valid = valid                                         # [B, K] real (not padding) slots
+        self.next_pos = valid.sum(dim=1)                           # [B] position of the first uncached token
+        self.first: Optional[torch.Tensor] = None                  # [B, V] predicts block slot 0 (shifted)
         self.pending: Optional[torch.Tensor] = None                # [B, Lp] a settled block not cached yet
+        if ids.shape[1]:                                           # aligned: every prompt may be all tail
+            positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)                        # [B, T]
+            mask = self._prefill_mask(positions, block_size) if engine.aligned else valid.long()
+            logits, _ = self.lm.forward(self.cache, input_ids=ids, attention_mask=mask, position_ids=positions,
+                                        use_cache=True, **engine.keep_last)
+            self.first = logits[:, -1]
+
+    def _prefill_mask(self, positions: torch.Tensor, block_size: int) -> torch.Tensor:
+        """[B, 1, T, T] bool, block-causal on each row's own positions: a prompt token sees its own
+        block and every earlier one. Padding sees itself only (a query that sees nothing is NaN)."""
+        blocks = positions // block_size                                                   # [B, T]
+        mask = (blocks[:, None, :] <= blocks[:, :, None]) & self.valid[:, None, :]        # [B, T, T]
+        eye = torch.eye(positions.shape[1], dtype=torch.bool, device=positions.device)
+        return (mask | eye)[:, None]
 
     def step(self, block: torch.Tensor) -> torch.Tensor:
         """Logits for each slot of the active block [B, L] -> [B, L, V]; a pending block's KV is
@@ -80,7 +104,9 @@ class BlockCache:
             self.pending = None
         if not self.engine.shifted:
             return logits[:, lp:]
-        return torch.cat([self.first[:, None], logits[:, lp:lp + width - 1]], dim=1)
+        # no prefill (aligned, every prompt all tail): slot 0 is a prompt token, its logits unused
+        first = self.first if self.first is not None else logits[:, lp]
+        return torch.cat([first[:, None], logits[:, lp:lp + width - 1]], dim=1)
 
     def _mask(self, lp: int, q: int) -> torch.Tensor:
         """[B, 1, Q, K + Q] bool: every query sees the cached slots; the pending block sees itself
@@ -99,7 +125,9 @@ class BlockCache:
         """Keep only the batch rows `keep` (the others finished)."""
         index = torch.tensor(keep, device=self.valid.device)
         self.cache.batch_select_indices(index)
-        self.valid, self.next_pos, self.first = self.valid[index], self.next_pos[index], self.first[index]
+        self.valid, self.next_pos = self.valid[index], self.next_pos[index]
+        if self.first is not None:
+            self.first = self.first[index]
         if self.pending is not None:
             self.pending = self.pending[index]
 
@@ -110,8 +138,26 @@ class BlockEngine(PSM, Engine):
     def __init__(self, lm: LoadedModel, kv_store: Optional[PrefixStore] = None):
         super().__init__(lm, kv_store)                   # kv_store: no cross-request reuse yet
         self.shifted = lm.family.shifted
+        self.aligned = lm.family.aligned_blocks
         self.end_ids = torch.tensor(self.ids.end_of_middle, device=lm.device)      # [E]
         self.keep_last = {"logits_to_keep": 1} if takes_logits_to_keep(self.model) else {}
+
+    def budget(self, config: DecodeConfig) -> int:
+        """Aligned blocks: the last block may run up to block_size - 1 masks past max_tokens."""
+        return super().budget(config) - (config.block_size - 1 if self.aligned else 0)
+
+    def check(self, config: DecodeConfig) -> None:
+        super().check(config)
+        if config.lossless and not self.shifted:
+            raise OptionError("lossless", f"{self.lm.family.name} predicts each token at its own position "
+                                          "(unshifted logits): the lossless mode needs next-token logits")
+        if config.lossless and config.temperature > 0:
+            raise OptionError("lossless", "the lossless mode decodes greedily: use temperature 0")
+
+    def tails(self, rows: list[_Row], block_size: int) -> list[list[int]]:
+        """Each row's prompt tokens that open its first block: with aligned blocks the prompt's
+        last partial block, else none."""
+        return [r.prompt[len(r.prompt) - len(r.prompt) % block_size:] if self.aligned else [] for r in rows]
 
     # ---------------------------------------------------------------- the three hooks
 
@@ -126,17 +172,24 @@ class BlockEngine(PSM, Engine):
         live = [r for r in rows if not r.done]
         if not live:
             return
+        if config.lossless:
+            self.check(config)
+            decode_lossless(self, live, config, lambda: self.poll(rows, should_stop))
+            return
         select = selector(config)
         generator = torch.Generator(device=self.lm.device).manual_seed(config.seed)
-        cache = BlockCache(self, live)
+        cache = BlockCache(self, live, config.block_size)
+        tails = self.tails(live, config.block_size)
         steps = 0
         while live:
-            width = min(config.block_size, config.max_tokens - len(live[0].ids))
-            block = torch.full((len(live), width), self.ids.mask, dtype=torch.long, device=self.lm.device)
+            block, fill = self._new_block(live, tails, config)                                 # [B, L] each
+            tails = [[] for _ in live]
             while steps < config.step_cap:
-                masked = (block == self.ids.mask) & self._running(live, block.device)[:, None]   # [B, L]
+                masked = (block == self.ids.mask) & fill & self._running(live, block.device)[:, None]   # [B, L]
                 if not masked.any():
                     break
+                if config.sub_block_size:
+                    masked &= self._sub_block(masked, config.sub_block_size)
                 logits = cache.step(block)                                                      # [B, L, V]
                 tokens, conf, probs = self._propose(logits, masked, config, generator)
                 commit, _ = select(conf, masked, probs)                                         # [B, L]
@@ -163,6 +216,29 @@ class BlockEngine(PSM, Engine):
 
     # ---------------------------------------------------------------- one step
 
+    def _new_block(self, rows: list[_Row], tails: list[list[int]],
+                   config: DecodeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next block [B, L]: a row's prompt tail (if any), then masks; and the slots each row
+        fills [B, L] bool (row.span: after its tail, no more than max_tokens allows). Unaligned
+        blocks stop at max_tokens; an aligned one keeps its width, its last masks left unfilled."""
+        left = [config.max_tokens - len(r.ids) for r in rows]
+        width = config.block_size if self.aligned else min(config.block_size, left[0])
+        block = torch.full((len(rows), width), self.ids.mask, dtype=torch.long)
+        fill = torch.zeros((len(rows), width), dtype=torch.bool)
+        for b, (row, tail, n) in enumerate(zip(rows, tails, left)):
+            row.span = (len(tail), min(width, len(tail) + n))
+            block[b, :len(tail)] = torch.tensor(tail, dtype=torch.long)
+            fill[b, row.span[0]:row.span[1]] = True
+        return block.to(self.lm.device), fill.to(self.lm.device)
+
+    @staticmethod
+    def _sub_block(masked: torch.Tensor, size: int) -> torch.Tensor:
+        """bool [B, L]: the slots of each row's first sub-block (size slots, counted from the
+        block's start) that still holds a mask: the sub-blocks fill left to right."""
+        slot = torch.arange(masked.shape[1], device=masked.device)                           # [L]
+        first = torch.where(masked, slot, masked.shape[1]).amin(dim=1, keepdim=True)        # [B, 1]
+        return slot // size == first // size
+
     @staticmethod
     def _running(rows: list[_Row], device: torch.device) -> torch.Tensor:
         return torch.tensor([not r.done for r in rows], dtype=torch.bool, device=device)       # [B]
@@ -187,7 +263,7 @@ class BlockEngine(PSM, Engine):
             if not had or row.done:
                 continue
             row.nfe += 1
-            settled = self._settled(slots)
+            settled = self._settled(row, slots)
             end = self._end_at(settled)
             if end is not None:
                 row.ids += settled[:end]
@@ -200,18 +276,19 @@ class BlockEngine(PSM, Engine):
         """The block is over for this row (all committed, or the step cap): its tokens join."""
         if row.done:
             return
-        settled = self._settled(slots)
+        settled = self._settled(row, slots)
         row.ids += settled
-        if len(settled) < len(slots):
+        if len(settled) < row.span[1] - row.span[0]:
             row.finish("steps")                       # the step cap left masks in the block
         elif len(row.ids) >= config.max_tokens:
             row.finish("length")
         elif steps >= config.step_cap:
             row.finish("steps")
 
-    def _settled(self, slots: list[int]) -> list[int]:
-        """The block's committed slots up to the first mask."""
-        return slots[:slots.index(self.ids.mask)] if self.ids.mask in slots else slots
+    def _settled(self, row: _Row, slots: list[int]) -> list[int]:
+        """The row's committed slots of the block (its span) up to the first mask."""
+        part = slots[row.span[0]:row.span[1]]
+        return part[:part.index(self.ids.mask)] if self.ids.mask in part else part
 
     def _end_at(self, settled: list[int]) -> Optional[int]:
         ends = set(self.ids.end_of_middle)

@@ -27,6 +27,10 @@ class Family:
     bos: Optional[str] = None                   # prepended to the prompt when the family expects one
     context_tokens: int = 4096                  # default prefix + suffix + middle budget
     defaults: tuple[tuple[str, object], ...] = ()   # published decoding settings: (DecodeConfig option, value)
+    fim_order: str = "psm"                      # "psm": <pre> P <suf> S <mid>; "spm": <suf> S <pre> P <mid> (Seed-Coder)
+    aligned_blocks: bool = False                # block: blocks at multiples of block_size from the prompt's first
+                                                # token, the prompt block-causal too (SDAR, Fast-dLLM v2); else a
+                                                # causal prompt and blocks from its end (fim-tiny-block)
     description: str = ""
 
     @property
@@ -145,8 +149,112 @@ CODELLAMA = register(Family(
 
 # --- Published diffusion coders, full attention (canvas engine); layouts in models/layouts/ ---
 
+# Chosen by their layout (no model_types: never guessed from tokens), except Open-dCoder, a plain
+# qwen2 checkpoint. Defaults, as published: Fast-dLLM's parallel decoding of Dream and LLaDA
+# (eval_humaneval.sh: threshold 0.9, blocks of 32); DreamOn's quickstart (4 masks that grow, one
+# token a step, the whole middle one block); CoDA's README (BLOCK_LENGTH 32); Open-dLLM's infilling
+# eval (a fixed-length middle decoded whole).
+QWEN_CONTROL = ("<|im_start|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+
+DREAM = register(Family(
+    name="dream", kind="diffusion", shifted=True, mask="<|mask|>",
+    end_of_middle=("<|endoftext|>", "<|dlm_pad|>", "<|im_end|>"),
+    never_generate=("<|mask|>", "<|beginoftext|>", "<|expand|>", *QWEN_CONTROL),
+    bos="<|beginoftext|>",
+    context_tokens=2048,
+    defaults=(("threshold", 0.9), ("block_size", 32)),
+    description="Dream-v0, Dream-Coder-v0, DiffuCoder 7B (Qwen2.5 made diffusion): full attention, shifted "
+                "logits, mask <|mask|>; infilling as [bos] P [masks] S (DreamOn's fixed-length protocol)",
+))
+
+DREAMON = register(Family(
+    name="dreamon", kind="diffusion", shifted=True, mask="<|mask|>",
+    expand="<|expand|>", delete="<|endoftext|>",      # released code: an end token inside the middle deletes
+    end_of_middle=("<|endoftext|>",),
+    never_generate=("<|mask|>", "<|beginoftext|>", *QWEN_CONTROL),
+    bos="<|beginoftext|>",
+    context_tokens=2048,
+    defaults=(("length", "expand"), ("initial_length", 4), ("threshold", 1.0), ("block_size", 64)),
+    description="DreamOn-v0-7B (Dream-Coder with variable-length infilling): a committed <|expand|> "
+                "becomes two masks, an end token inside the middle is deleted",
+))
+
+OPEN_DCODER = register(Family(
+    name="open-dcoder", kind="diffusion", model_types=("qwen2",), shifted=True, mask="<M>",
+    end_of_middle=("<|endoftext|>",),
+    never_generate=("<M>", *QWEN_CONTROL),
+    context_tokens=4096,
+    defaults=(("length", "fixed"), ("block_size", 64)),
+    description="Open-dCoder-0.5B (Qwen2.5-Coder-0.5B made diffusion, a plain qwen2 checkpoint): full "
+                "attention, shifted logits, mask <M>; infilling as P [masks] S of a fixed length",
+))
+
+LLADA = register(Family(
+    name="llada", kind="diffusion", shifted=False, mask="<|mdm_mask|>",
+    end_of_middle=("<|endoftext|>", "<|eot_id|>"),
+    never_generate=("<|mdm_mask|>", "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>"),
+    bos="<|startoftext|>",
+    context_tokens=4096,
+    defaults=(("threshold", 0.9), ("block_size", 32)),
+    description="LLaDA-8B Base/Instruct, LLaDA-1.5 (trained from scratch): full attention, unshifted "
+                "logits, mask <|mdm_mask|>",
+))
+
+CODA = register(Family(
+    name="coda", kind="diffusion", shifted=True, mask="<|mask|>",
+    end_of_middle=("<|endoftext|>", "<|im_end|>"),
+    never_generate=("<|mask|>", *QWEN_CONTROL),
+    context_tokens=4096,
+    defaults=(("block_size", 32),),
+    description="CoDA-v0-1.7B (Qwen3 made diffusion): full attention, shifted logits, mask <|mask|>",
+))
+
 
 # --- Published block-diffusion coders (block engine); layouts in models/layouts/ ---
+
+# None of these was trained on fill-in-the-middle as a diffusion model. Stable-DiffCoder continues
+# Seed-Coder, whose pretraining used SPM FIM with its own tokens; Fast-dLLM v2 and SDAR are chat
+# models whose tokenizers carry Qwen's FIM tokens, so they get Qwen2.5-Coder's PSM prompt.
+QWEN_FIM_ENDS = ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>")
+QWEN_FIM = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+
+FAST_DLLM_V2 = register(Family(
+    name="fast-dllm-v2", kind="block", shifted=True, aligned_blocks=True,
+    mask="|<MASK>|", fim_prefix=QWEN_FIM[0], fim_suffix=QWEN_FIM[1], fim_middle=QWEN_FIM[2],
+    end_of_middle=("<|im_end|>", *QWEN_FIM_ENDS),
+    never_generate=("|<MASK>|", *QWEN_FIM, "<|im_start|>"),
+    context_tokens=8192,
+    defaults=(("block_size", 32), ("sub_block_size", 8), ("threshold", 0.9)),
+    description="Fast-dLLM v2 1.5B/7B (NVlabs): Qwen2.5-Instruct made block diffusion; blocks of 32 "
+                "decoded in sub-blocks of 8, shifted logits. No published infilling: PSM with the Qwen "
+                "FIM tokens its tokenizer carries (the Qwen2.5-Coder format; untrained for this model)",
+))
+
+SDAR = register(Family(
+    name="sdar", kind="block", shifted=False, aligned_blocks=True,
+    mask="<|MASK|>", fim_prefix=QWEN_FIM[0], fim_suffix=QWEN_FIM[1], fim_middle=QWEN_FIM[2],
+    end_of_middle=(*QWEN_FIM_ENDS, "<|im_end|>"),
+    never_generate=("<|MASK|>", *QWEN_FIM, "<|im_start|>"),
+    context_tokens=8192,
+    defaults=(("block_size", 4), ("threshold", 0.85)),
+    description="SDAR 1.7B/4B/8B (JetAstra): Qwen3 made block diffusion; blocks of 4 (the -bN "
+                "checkpoints: N, from their config.json), unshifted logits. No published infilling: PSM "
+                "with the Qwen FIM tokens its tokenizer carries (untrained for this model)",
+))
+
+STABLE_DIFFCODER = register(Family(
+    name="stable-diffcoder", kind="block", shifted=False, aligned_blocks=True, fim_order="spm",
+    mask="<[MASK_TOKEN]>", fim_prefix="<[fim-prefix]>", fim_suffix="<[fim-suffix]>", fim_middle="<[fim-middle]>",
+    end_of_middle=("<[end▁of▁sentence]>",),
+    never_generate=("<[MASK_TOKEN]>", "<[fim-prefix]>", "<[fim-suffix]>", "<[fim-middle]>",
+                    "<[begin▁of▁sentence]>", "<[PAD▁TOKEN]>"),
+    bos="<[begin▁of▁sentence]>",
+    context_tokens=8192,
+    defaults=(("block_size", 4), ("threshold", 1.0)),
+    description="Stable-DiffCoder-8B (ByteDance Seed): Seed-Coder (Llama) made block diffusion; blocks "
+                "of 4, one token a step, unshifted logits. Infilling: Seed-Coder's SPM prompt "
+                "<[fim-suffix]> S <[fim-prefix]> P <[fim-middle]>",
+))
 
 
 def _lookup(vocab: dict[str, int], token: Optional[str]) -> Optional[int]:
@@ -174,13 +282,16 @@ def resolve_tokens(family: Family, vocab: dict[str, int], pad_fallback: Optional
     )
 
 
-def detect_family(model_type: str, vocab: dict[str, int], declared: Optional[str] = None) -> Family:
-    """Pick a family: the one a checkpoint declares (config.fim_family), else by tokens present."""
+def detect_family(model_type: str, vocab: dict[str, int], declared: Optional[str] = None,
+                  kind: Optional[str] = None) -> Family:
+    """Pick a family: the one a checkpoint declares (config.fim_family), else by tokens present,
+    families of the engine's `kind` first (Open-dCoder's tokenizer has Qwen2.5-Coder's FIM tokens
+    next to its mask token)."""
     if declared:
         if declared not in FAMILIES:
             raise ValueError(f"unknown model family {declared!r}; known: {', '.join(sorted(FAMILIES))}")
         return FAMILIES[declared]
-    for family in FAMILIES.values():
+    for family in sorted(FAMILIES.values(), key=lambda f: f.kind != kind):    # stable: registration order
         if family.name.startswith("fim-tiny"):
             continue  # the bundled twins always declare themselves
         if model_type not in family.model_types:

@@ -28,7 +28,13 @@ class Layout:
     model_types: tuple[str, ...] = ()           # config.json "model_type" values (used when no architecture matches)
     key_mapping: dict[str, str] = field(default_factory=dict)   # checkpoint tensor name regex -> transformers name
     load_tokenizer: Optional[Callable[[str], PreTrainedTokenizerBase]] = None  # None: AutoTokenizer, no remote code
+    variants: tuple[tuple[str, str], ...] = ()  # (token, family): a tokenizer with that token decodes as that family
     description: str = ""
+
+    def family_for(self, vocab: dict[str, int]) -> str:
+        """The lineage's family, or the variant whose own token this tokenizer has (DreamOn's
+        <|expand|>: same architecture and config as Dream, another decoding)."""
+        return next((family for token, family in self.variants if token in vocab), self.family)
 
 
 LAYOUTS: dict[str, Layout] = {}

@@ -4,7 +4,7 @@ every front-end uses to build it (wire requests, LSP settings, command-line flag
     apply(base, {"threshold": 0.7})          -> DecodeConfig, or OptionError naming the option
     check_each({"threshold": 2, "cache": "dual"}) -> (the usable ones, one problem line per bad one)
     parse_text("kv_shift", "off")            -> False   (flag and bench values arrive as text)
-    add_arguments(parser) / from_arguments(args): a --flag per option
+    add_arguments(parser) / from_arguments(args, base): a --flag per option; the flags given win over base
 
 No torch here: the language server imports this module.
 """
@@ -41,6 +41,11 @@ class DecodeConfig:
     # diffusion only
     block_size: int = option(8, "semi-autoregressive block length (canvas positions); 8 measured faster and "
                                 "better than 32 with the bundled twin (bench/results/modes-*)", lo=1, hi=4096)
+    sub_block_size: int = option(0, "block engine: fill each block sub-block by sub-block of this many slots, "
+                                    "left to right (Fast-dLLM v2: 8); 0 = the whole block at once", lo=0, hi=4096)
+    lossless: bool = option(False, "block engine: verify each parallel draft with the model's own next-token "
+                                   "predictions, so the middle equals its greedy left-to-right decoding "
+                                   "(shifted models; greedy only)")
     cache: str = option("dual", "none | prefix | dual", CACHE_MODES)
     refresh_every: int = option(0, "recompute the cache every N steps inside a block; 0 = at block start only",
                                 lo=0, hi=1 << 20)
@@ -179,18 +184,26 @@ def parse_text(name: str, text: str) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """A --flag per option (--block-size, --kv-shift/--no-kv-shift, ...), defaults from DecodeConfig."""
+    """A --flag per option (--block-size, --kv-shift/--no-kv-shift, ...). A flag left out parses
+    to None, so that the model family's published defaults can apply under the ones given; only
+    --engine keeps its default, since it picks what to load."""
     for name, f in FIELDS.items():
         flag = "--" + name.replace("_", "-")
-        kind, help = TYPES[name], f.metadata["help"]
+        kind, help = TYPES[name], f"{f.metadata['help']} (default: {f.default})"
+        default = f.default if name == "engine" else None
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
         elif f.metadata["choices"]:
-            parser.add_argument(flag, choices=f.metadata["choices"], default=f.default, help=help)
+            parser.add_argument(flag, choices=f.metadata["choices"], default=default, help=help)
         else:
-            parser.add_argument(flag, type=kind, default=f.default, help=help)
+            parser.add_argument(flag, type=kind, default=default, help=help)
 
 
-def from_arguments(args: argparse.Namespace) -> DecodeConfig:
-    """The DecodeConfig of parsed flags; raises OptionError."""
-    return DecodeConfig(**{name: getattr(args, name) for name in FIELDS})
+def given_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The options a command line set: {name: value} for each flag given."""
+    return {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
+
+
+def from_arguments(args: argparse.Namespace, base: DecodeConfig | None = None) -> DecodeConfig:
+    """`base` (DecodeConfig's defaults when None) with the options the flags set; raises OptionError."""
+    return (base or DecodeConfig()).replace(**given_arguments(args))

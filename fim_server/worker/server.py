@@ -141,10 +141,11 @@ class Worker:
 
     # ---------------------------------------------------------------- lifecycle
 
-    def run(self, engine, info: dict[str, Any]) -> int:
-        """Serve until self.stop is set, then drain. Returns the exit status."""
+    def run(self, engine, info: dict[str, Any], base: Optional[DecodeConfig] = None) -> int:
+        """Serve until self.stop is set, then drain. Returns the exit status. `base`: the options
+        every request starts from (engine.default_config(): the family's published defaults)."""
         self.engine = engine
-        self.base = DecodeConfig(engine=engine.kind)
+        self.base = base or DecodeConfig(engine=engine.kind)
         self.stats = WorkerStats({**info, "bind": self.endpoint, "max_batch": self.options.max_batch,
                                   "queue_limit": self.options.queue,
                                   "batch_wait_ms": self.options.batch_wait_ms,
@@ -441,4 +442,4 @@ def serve(options: WorkerOptions, model: str, kind: str, device: Optional[str] =
     info = {"model": engine.lm.source, "family": engine.lm.family.name, "device": str(engine.lm.device),
             "engine": kind, "random_weights": random_weights, "load_ms": round(load_ms, 1),
             "warmup_ms": round(warmup_ms, 1), "context_tokens": engine.lm.context_tokens}
-    return worker.run(engine, info)
+    return worker.run(engine, info, engine.default_config())

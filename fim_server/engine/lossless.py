@@ -1,0 +1,148 @@
+"""Lossless block decoding: a block drafted in parallel, verified by the same network's own
+next-token predictions (SDLM's self-speculative mode; blockwise parallel decoding, Stern et al.
+2018). The output is token for token the network's greedy left-to-right (causal) decoding of
+the PSM prompt; the block only saves forwards when its drafts agree with that decoding.
+
+One forward per round, over the cache (the prompt and every accepted token, causal, so exact):
+
+    queries   fresh   accepted tokens not cached yet (the last round's correction)   causal
+              draft   the last round's parallel guesses, to verify                   causal
+              masks   block_size slots: the next draft                               see all, and each other
+
+Shifted logits (the AR-initialised block coders): the logits at a position are the causal
+prediction of the token after it, so the draft's slot j is accepted when it equals the
+prediction made at the position before it. The longest agreeing prefix is kept, plus the
+prediction at the first disagreement (a correction, always right). When the whole draft
+agrees, the masks were conditioned on the right tokens and become the next draft (their first
+slot, predicted at the last verified position, is the greedy token itself); otherwise they are
+dropped and the next round drafts again after the correction. The KV of the kept tokens stays
+in the cache; the rest is cropped.
+
+Unshifted models (logit i predicts token i) make no causal next-token prediction, so they
+have no lossless mode here. Rows are decoded one at a time: their acceptance lengths differ,
+so their caches would not stay aligned.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from transformers import DynamicCache
+
+from fim_server.wire.options import DecodeConfig
+
+
+
+def decode_lossless(engine, rows: list, config: DecodeConfig, poll: Callable[[], None]) -> None:
+    """Fill each row's `ids` (and nfe, stop_reason) with the network's greedy causal middle;
+    `poll` (the engine's cancellation check over the whole batch) runs between rounds."""
+    for row in rows:
+        poll()                                  # a cancelled row is finished here
+        if not row.done:
+            _Round(engine, row, config).run(poll)
+
+
+class _Round:
+    """One row's decoding state: the cache, the logits at its last cached position, the
+    tokens accepted but not cached (fresh) and the draft to verify."""
+
+    def __init__(self, engine, row, config: DecodeConfig):
+        self.engine, self.row, self.config = engine, row, config
+        self.lm = engine.lm
+        self.device = engine.lm.device
+        self.mask_id = engine.ids.mask
+        self.ends = set(engine.ids.end_of_middle)
+        self.cache = DynamicCache(config=self.lm.model.config)
+        self.fresh: list[int] = []
+        self.draft: list[int] = []
+        self.pos = 0                                     # position of the first uncached token
+        self.last = self._prefill(row.prompt)            # [V] causal prediction after the cache
+
+    def run(self, poll) -> None:
+        """Rounds until the row finishes; `poll` (between rounds) finishes it when cancelled."""
+        steps = 0
+        while not self.row.done:
+            if steps >= self.config.step_cap:
+                self.row.finish("steps")
+                return
+            self._round()
+            steps += 1
+            poll()
+
+    # ---------------------------------------------------------------- one round
+
+    def _round(self) -> None:
+        n_fresh, draft = len(self.fresh), self.draft
+        width = min(self.config.block_size, max(1, self.config.max_tokens - len(self.row.ids) - len(draft)))
+        queries = self.fresh + draft + [self.mask_id] * width
+        logits = self._forward(queries, verified=n_fresh + len(draft))          # [Q, V]
+        self.row.nfe += 1
+        # greedy[k]: the causal next token after the first k queries (k = 0: after the cache)
+        greedy = torch.cat([self.last[None], logits[:n_fresh + len(draft)]]).argmax(dim=-1).tolist()
+        agree = 0
+        while agree < len(draft) and draft[agree] == greedy[n_fresh + agree]:
+            agree += 1
+        kept = n_fresh + agree                           # queries whose KV stays (causal, right tokens)
+        if agree == len(draft):
+            accepted = list(draft)
+            next_draft = self._draft(logits, kept, width)
+            self.fresh = []
+        else:
+            correction = greedy[kept]
+            accepted = draft[:agree] + [correction]
+            next_draft = []
+            self.fresh = [correction]
+        self.cache.crop(-(len(queries) - kept))
+        if kept:
+            self.last = logits[kept - 1]
+        self.pos += kept
+        self.draft = next_draft
+        self._accept(accepted)
+
+    def _draft(self, logits: torch.Tensor, verified: int, width: int) -> list[int]:
+        """The masks' guesses (shifted: slot j from the position before it)."""
+        before = self.last[None] if verified == 0 else logits[verified - 1:verified]
+        slots = torch.cat([before, logits[verified:verified + width - 1]])     # [W, V]
+        return slots.argmax(dim=-1).tolist()
+
+    def _accept(self, tokens: list[int]) -> None:
+        """Append accepted tokens to the middle, stopping at an end token, a completed line or
+        max_tokens (what comes after is dropped, as greedy decoding would never produce it)."""
+        row, config = self.row, self.config
+        for token in tokens:
+            if token in self.ends:
+                row.finish("end")
+                return
+            row.ids.append(token)
+            if config.single_line and self.engine.line_complete(row.ids):
+                row.finish("line")
+                return
+            if len(row.ids) >= config.max_tokens:
+                row.finish("length")
+                return
+
+    # ---------------------------------------------------------------- forwards
+
+    def _prefill(self, prompt: list[int]) -> torch.Tensor:
+        ids = torch.tensor([prompt], device=self.device)
+        logits = self._run(ids, torch.ones((1, 1, len(prompt), len(prompt)), dtype=torch.bool,
+                                           device=self.device).tril())
+        self.pos = len(prompt)
+        return logits[-1]
+
+    def _forward(self, queries: list[int], verified: int) -> torch.Tensor:
+        """Logits [Q, V] (banned ids at -inf) of the queries over the cache; the first `verified`
+        queries attend causally, the masks see them all and each other."""
+        q = len(queries)
+        inner = torch.ones((q, q), dtype=torch.bool, device=self.device).tril()
+        inner[verified:, verified:] = True
+        cached = torch.ones((q, self.pos), dtype=torch.bool, device=self.device)
+        mask = torch.cat([cached, inner], dim=1)[None, None]                  # [1, 1, Q, K + Q]
+        return self._run(torch.tensor([queries], device=self.device), mask)
+
+    def _run(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        positions = self.pos + torch.arange(ids.shape[1], device=self.device)[None]
+        logits, _ = self.lm.forward(self.cache, input_ids=ids, attention_mask=mask, position_ids=positions,
+                                    use_cache=True)
+        return logits[0].float().masked_fill(self.engine.banned, float("-inf"))

@@ -1,0 +1,111 @@
+"""The lossless block mode: drafts verified by the model's own next-token predictions give
+exactly the model's greedy left-to-right middle, on real files, with fewer forwards than
+tokens once the drafts agree; batches, cancellation and the options it refuses."""
+
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from fim_server.engine.block import BlockEngine
+from fim_server.engine.types import InfillRequest
+from fim_server.models import load_model
+from fim_server.models.loader import bundled_path
+from fim_server.wire.options import DecodeConfig, OptionError
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+FILES = ["textwrap.py", "json/decoder.py", "heapq.py", "shlex.py"]
+
+
+def real_cases(n_per_file: int = 2) -> list[InfillRequest]:
+    """Cursors at the start of a line in the body of real standard-library files."""
+    cases = []
+    for name in FILES:
+        text = (STDLIB / name).read_text()
+        lines = text.splitlines(keepends=True)
+        for k in range(n_per_file):
+            at = len(lines) * (k + 1) // (n_per_file + 1)
+            cut = sum(len(x) for x in lines[:at]) + len(lines[at]) - len(lines[at].lstrip())
+            cases.append(InfillRequest(text[max(0, cut - 700):cut], text[cut:cut + 300], f"{name}:{at}"))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return BlockEngine(load_model(str(bundled_path("block")), kind="block", dtype="float64"))
+
+
+@pytest.fixture(scope="module")
+def references(engine):
+    """Each real case's greedy left-to-right middle (20 tokens at most), computed once."""
+    return {req.id: greedy_reference(engine, req, 20) for req in real_cases()}
+
+
+def greedy_reference(engine, req, max_tokens: int) -> list[int]:
+    """The network as a plain causal LM (no attention mask: transformers' causal default, its
+    own incremental cache), greedy, banned ids excluded, stopping at an end token."""
+    prompt = engine.start(req, DecodeConfig(engine="block", max_tokens=max_tokens)).prompt
+    cache, out, feed = DynamicCache(config=engine.model.config), [], list(prompt)
+    with torch.inference_mode():
+        for _ in range(max_tokens):
+            logits, _ = engine.lm.forward(cache, input_ids=torch.tensor([feed]), use_cache=True)
+            token = int(logits[0, -1].float().masked_fill(engine.banned, float("-inf")).argmax())
+            if token in engine.ids.end_of_middle:
+                break
+            out.append(token)
+            feed = [token]
+    return out
+
+
+@pytest.mark.parametrize("block", [1, 4, 8])
+def test_lossless_equals_greedy_left_to_right_on_real_files(engine, references, block):
+    config = DecodeConfig(engine="block", max_tokens=20, block_size=block, lossless=True)
+    cases = real_cases()
+    results = engine.infill(cases, config)
+    for req, got in zip(cases, results):
+        assert got.token_ids == references[req.id], req.id
+    if block > 1:      # agreeing drafts: fewer forwards than tokens over the set
+        assert sum(r.stats.nfe for r in results) < sum(len(r.token_ids) for r in results)
+
+
+def test_batch_equals_one_at_a_time(engine):
+    config = DecodeConfig(engine="block", max_tokens=16, block_size=4, lossless=True)
+    cases = real_cases()[::3]
+    together = engine.infill(cases, config)
+    for req, got in zip(cases, together):
+        assert got.token_ids == engine.infill([req], config)[0].token_ids
+
+
+def test_single_line_and_length_stops(engine, references):
+    req = real_cases()[0]
+    line = engine.infill([req], DecodeConfig(engine="block", max_tokens=20, block_size=4, lossless=True,
+                                             single_line=True))[0]
+    full = references[req.id]
+    assert full[:len(line.token_ids)] == line.token_ids
+    assert line.stats.stop_reason in ("line", "end", "length")
+    short = engine.infill([req], DecodeConfig(engine="block", max_tokens=3, block_size=8, lossless=True))[0]
+    assert short.token_ids == full[:3] and (len(full) < 3 or short.stats.stop_reason == "length")
+
+
+def test_cancellation_between_rounds(engine):
+    config = DecodeConfig(engine="block", max_tokens=20, block_size=2, lossless=True)
+    cases = real_cases()[:2]
+    calls = []
+
+    def stop_first(running):
+        calls.append(list(running))
+        return {0} if len(calls) >= 3 else set()
+
+    cancelled, other = engine.infill(cases, config, should_stop=stop_first)
+    assert cancelled.stats.stop_reason == "cancelled" and cancelled.stats.nfe < 20
+    assert other.token_ids == engine.infill([cases[1]], config)[0].token_ids
+
+
+def test_refused_where_it_cannot_be_lossless(engine, monkeypatch):
+    with pytest.raises(OptionError, match="greedily"):
+        engine.check(DecodeConfig(engine="block", lossless=True, temperature=0.5))
+    monkeypatch.setattr(engine, "shifted", False)
+    with pytest.raises(OptionError, match="unshifted"):
+        engine.check(DecodeConfig(engine="block", lossless=True))
