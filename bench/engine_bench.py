@@ -4,6 +4,7 @@ diffusion engine (when a block model is given or bundled) and the AR baseline, o
 inputs, in one run.
 
     python -m bench.engine_bench [--n 24] [--model DIR] [--ar-model DIR] [--block-model DIR]
+                                 [--block-sizes 4,8] [--lossless-sizes 4,8] [--skip-canvas]
                                  [--out bench/results/engine.json]
 
 Cases are cut reproducibly from the standard-library modules held out of training.
@@ -69,6 +70,8 @@ def main() -> None:
     p.add_argument("--ar-model", default=None)
     p.add_argument("--block-model", default=None, help="block-diffusion model (default: the bundled one, if any)")
     p.add_argument("--block-sizes", default="8", help="comma-separated block sizes for the block engine")
+    p.add_argument("--lossless-sizes", default="", help="comma-separated block sizes for the block engine's "
+                                                         "lossless mode (verified drafts)")
     p.add_argument("--skip-canvas", action="store_true", help="leave out the canvas diffusion settings")
     p.add_argument("--device", default=None)
     p.add_argument("--max-tokens", type=int, default=48)
@@ -91,6 +94,8 @@ def main() -> None:
         engines["block"] = blk = load_engine("block", args.block_model, device=args.device)
         runs += [(blk, base.replace(engine="block", block_size=int(b)), f"block/b{int(b)}")
                  for b in args.block_sizes.split(",")]
+        runs += [(blk, base.replace(engine="block", block_size=int(b), lossless=True), f"lossless/b{int(b)}")
+                 for b in args.lossless_sizes.split(",") if b.strip()]
     runs.append((ar, base.replace(engine="ar"), "ar"))
     for engine in engines.values():
         engine.warmup()
