@@ -193,7 +193,7 @@ def model_families() -> list[dict]:
     load as it, and its decoding defaults."""
     from .models import layouts  # noqa: F401  (each layout module registers itself)
     from .models.family import FAMILIES
-    from .models.published import LAYOUTS
+    from .models.layouts import LAYOUTS
 
     rows = []
     for name, family in FAMILIES.items():

@@ -8,7 +8,7 @@ import json
 
 from fim_server import cli
 from fim_server.models.family import FAMILIES
-from fim_server.models.published import LAYOUTS
+from fim_server.models.layouts import LAYOUTS
 from fim_server.wire.options import DecodeConfig, add_arguments, from_arguments, given_arguments
 
 

@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 from fim_server.engine.block import BlockCache, BlockEngine
 from fim_server.engine.types import InfillRequest
 from fim_server.models import load_model
-from fim_server.models.published import find_layout, read_raw_config
+from fim_server.models.layouts import find_layout
+from fim_server.models.published import read_raw_config
 from fim_server.wire.options import DecodeConfig
 
 from published_block_fixtures import BUILDERS, FACTS

@@ -14,7 +14,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from .family import Family, TokenIds, detect_family, resolve_tokens
-from .published import Layout, find_layout, needs_remote_code, read_raw_config, unsupported_message
+from .layouts import Layout, find_layout, unsupported_message
+from .published import needs_remote_code, read_raw_config
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ checkpoint's tensors (`key_mapping`, regex -> replacement, applied by `from_pret
 attention regime (full, block-causal) is not a property of the module: the engines pass an
 explicit 4-D mask on every forward, so a causal transformers class serves every regime.
 
-Each lineage's layouts live in one module of `layouts/` and register themselves on import.
+Each lineage's layouts live in one module of `layouts/` and register themselves on import;
+`layouts` (the package) imports them all and finds the one for a checkpoint.
 """
 
 from __future__ import annotations
@@ -55,35 +56,8 @@ def read_raw_config(source: str) -> dict:
         return json.load(fh)
 
 
-def find_layout(raw: dict) -> Optional[Layout]:
-    """The layout for a raw config: by `architectures` first (LLaDA-MoE shares LLaDA's model_type),
-    then by `model_type`; None for checkpoints transformers loads as they are."""
-    _load_all()
-    archs = set(raw.get("architectures") or ())
-    for layout in LAYOUTS.values():
-        if archs & set(layout.architectures):
-            return layout
-    for layout in LAYOUTS.values():
-        if raw.get("model_type") in layout.model_types and not layout.architectures:
-            return layout
-    return None
-
-
 def needs_remote_code(raw: dict) -> bool:
     """Whether transformers could only load this checkpoint by running its own modeling code."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     return "auto_map" in raw or raw.get("model_type") not in CONFIG_MAPPING
-
-
-def unsupported_message(source: str, raw: dict) -> str:
-    _load_all()
-    names = ", ".join(sorted(LAYOUTS)) or "none"
-    return (f"{source} is a {raw.get('model_type')!r} checkpoint ({', '.join(raw.get('architectures') or ['?'])}) "
-            f"that needs its own modeling code, which this server never runs; "
-            f"supported published layouts: {names}")
-
-
-def _load_all() -> None:
-    """Import every layout module once, so each registers itself."""
-    from . import layouts  # noqa: F401

@@ -7,6 +7,7 @@ suffix tokenized separately)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import re
@@ -94,9 +95,16 @@ def humaneval_signatures() -> set[str]:
 
 def data_roots(root: Optional[Path], corpus: Optional[Path]) -> list[tuple[str, Path]]:
     """(package, directory): the standard library, then each package of a fetched corpus."""
-    from .packages import package_roots
-
     return [("stdlib", root or stdlib_root())] + package_roots(corpus)
+
+
+def package_roots(corpus: Optional[Path]) -> list[tuple[str, Path]]:
+    """(package, directory) of every kept package of a corpus fetched by train/packages.py."""
+    manifest = corpus / "manifest.json" if corpus is not None else None
+    if manifest is None or not manifest.exists():
+        return []
+    records = json.loads(manifest.read_text())["packages"]
+    return [(name, corpus / name) for name, r in sorted(records.items()) if r["kept"] and (corpus / name).is_dir()]
 
 
 def collect_sources(root: Optional[Path] = None, corpus: Optional[Path] = None,

@@ -227,14 +227,6 @@ def fetch(names: Iterable[str], corpus: Path) -> dict[str, dict]:
     return records
 
 
-def package_roots(corpus: Optional[Path]) -> list[tuple[str, Path]]:
-    """(package, directory) of every kept package in a fetched corpus."""
-    if corpus is None or not (corpus / "manifest.json").exists():
-        return []
-    return [(name, corpus / name) for name, r in sorted(load_manifest(corpus).items())
-            if r["kept"] and (corpus / name).is_dir()]
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     import argparse
 
