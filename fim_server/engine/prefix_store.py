@@ -5,7 +5,9 @@ its leading tokens with the previous one. The store keeps, per document key, the
 the previous request's leading tokens and their KV; the next request takes the KV of the
 longest common token prefix and computes only the rest.
 
-- AR engine (causal): a token's KV depends only on the tokens before it, so the reuse is exact.
+- AR engine and block engine (a causal prompt): a token's KV depends only on the tokens before
+  it, so the reuse is exact. Both prefill through `prefill_inputs` and keep what they computed
+  with `remember_prompts`.
 - Diffusion engine (bidirectional): a prefix token's KV also saw the old middle and suffix. The
   engine's block cache already freezes such KV within a request (Fast-dLLM's approximation);
   reuse extends that approximation across requests. `kv_reuse=False` turns it off.
@@ -14,10 +16,15 @@ longest common token prefix and computes only the rest.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from transformers import DynamicCache
 
 from fim_server.lru import LRU
 
-from .kv import RowKV
+from .batching import left_pad
+from .kv import RowKV, assemble
 
 
 @dataclass
@@ -66,3 +73,31 @@ class PrefixStore:
 
     def __contains__(self, key: str) -> bool:
         return key in self._entries
+
+
+def prefill_inputs(prompts: list[list[int]], pasts: list[Optional[RowKV]], pad: int, device: torch.device,
+                   config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, DynamicCache]:
+    """Input ids, attention mask, position ids and the cache to prefill causal prompts with.
+
+    Without reused KV: whole prompts, left-padded ([B, T] each), and an empty cache. With it:
+    each row's reused KV left-padded into the cache ([B, H, C, D]) and only the rest of its prompt
+    as input; the mask covers cache + input ([B, C + T]) and may have a gap of padding between
+    them, which attention ignores. Positions continue from each row's reused length."""
+    reused = [p.length if p is not None else 0 for p in pasts]
+    input_ids, mask, positions = left_pad([p[n:] for p, n in zip(prompts, reused)], pad, device)
+    if not any(reused):
+        return input_ids, mask, positions, DynamicCache(config=config)
+    some = next(p for p in pasts if p is not None)
+    cache, past_valid = assemble([p if p is not None else RowKV.empty_like(some) for p in pasts],
+                                 config, left_pad=True)                                 # [B, C]
+    positions = positions + torch.tensor(reused, device=positions.device)[:, None]
+    return input_ids, torch.cat([past_valid.long(), mask], dim=1), positions, cache
+
+
+def remember_prompts(store: PrefixStore, rows: list, cache: DynamicCache, mask: torch.Tensor) -> None:
+    """Store each keyed, running row's prompt KV (`row.key`, `row.prompt`; the prompt's slots are
+    the row's valid entries of `mask` [B, K] after the prefill)."""
+    for b, row in enumerate(rows):
+        if row.key and not row.done:
+            slots = mask[b].nonzero().flatten()                  # [len(prompt)]
+            store.store(row.key, row.prompt, RowKV.capture(cache, b, slots))
