@@ -44,6 +44,21 @@ def read_text(path: Optional[str], what: str) -> str:
         raise UsageError(f"{what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
+def pick_engine(args: argparse.Namespace) -> str:
+    """--engine as given; else the engine the family of --model runs on (a Dream checkpoint: the
+    canvas engine); else the default engine, for the bundled model."""
+    if args.engine:
+        return args.engine
+    if args.model in (None, "", "bundled"):
+        return DecodeConfig.engine
+    from .models.loader import model_kind
+
+    try:
+        return model_kind(args.model, args.family)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load model {args.model}: {exc}") from None
+
+
 def decode_config(args: argparse.Namespace, base: Optional[DecodeConfig] = None) -> DecodeConfig:
     """`base` (DecodeConfig's defaults when None) with the decoding flags given on the command line."""
     try:
@@ -61,6 +76,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     from .engine import InfillRequest, load_engine
     from .models.loader import resolve_model
 
+    args.engine = pick_engine(args)
     model, random_weights = resolve_model(args.model, args.engine)
     extra = {}
     if args.engine == "speculative":      # the AR verifier next to the diffusion drafter
@@ -143,6 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .models.loader import resolve_model
     from .worker.server import ServeError, WorkerOptions, serve
 
+    args.engine = pick_engine(args)
     model, random_weights = resolve_model(args.model, args.engine)
     ar_model = None
     if args.engine == "speculative":      # the AR verifier next to the diffusion drafter
@@ -230,6 +247,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_infill(args: argparse.Namespace) -> int:
     from .batch.command import command
 
+    args.engine = pick_engine(args)
     return command(args, decode_config(args), UsageError)
 
 
@@ -272,7 +290,8 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the resident worker (ZeroMQ ROUTER, msgpack frames)")
     p.add_argument("--model", default=None, help="local directory or hub id (default: the bundled model)")
-    p.add_argument("--engine", choices=ENGINES, default="diffusion")
+    p.add_argument("--engine", choices=ENGINES, default=None,
+                   help=f"default: the engine --model's family runs on; {DecodeConfig.engine} for the bundled model")
     p.add_argument("--ar-model", default=None, help="speculative: the AR verifier (default: the bundled AR twin)")
     p.add_argument("--family", default=None, help="model family when it cannot be detected")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when present)")

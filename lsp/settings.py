@@ -64,8 +64,11 @@ class Settings:
         return self.enabled.get("*", True)
 
     @property
-    def engine_kind(self) -> str:
-        return str(self.engine.get("engine", DecodeConfig.engine))
+    def engine_kind(self) -> str | None:
+        """The engine a spawned worker runs: as set, else None (the worker picks the one its
+        model's family runs on, the block engine for the bundled model)."""
+        value = self.engine.get("engine")
+        return None if value is None else str(value)
 
     def to_wire(self) -> dict[str, Any]:
         """The settings under their client-side names (for fim/stats and logs)."""

@@ -36,6 +36,19 @@ def test_complete_json(files, tmp_path, engine, family):
     assert out["engine"] == engine and out["nfe"] >= 1 and out["family"] == family
 
 
+@pytest.mark.parametrize("family,engine", [(None, "block"), ("fim-tiny-dlm", "diffusion"), ("fim-tiny-ar", "ar"),
+                                           ("fim-tiny-block", "block")])
+def test_without_engine_the_models_family_picks_it(files, tmp_path, family, engine):
+    """No --engine: the bundled model runs on the default (block) engine; a named model on the
+    engine its family runs on, instead of an error that the default engine cannot run it."""
+    from fim_server.models.random_init import build_random_checkpoint
+
+    model = ["--model", str(build_random_checkpoint(tmp_path / "m", family))] if family else []
+    res = run("complete", "--prefix-file", str(files / "p.py"), *model, "--max-tokens", "4", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["engine"] == engine
+
+
 @pytest.mark.parametrize("bad,message", [("bin", "binary"), ("latin1", "not UTF-8"), ("missing", "does not exist")])
 def test_bad_input_files_are_refused_clearly(files, bad, message):
     res = run("complete", "--prefix-file", str(files / bad))
@@ -65,7 +78,7 @@ def test_complete_speculative_and_new_decoding_options(files, tmp_path):
     assert out["nfe"] == out["ar_forwards"] + out["draft_forwards"] and out["ar_forwards"] >= 2
     res = run(*common, "--engine", "ar", "--model", str(ar))
     assert json.loads(res.stdout)["completion"] == out["completion"]      # greedy: the AR coder's middle
-    res = run(*common, "--model", str(dlm), "--early-commit", "0.3", "--unmask", "eb")
+    res = run(*common, "--model", str(dlm), "--early-commit", "0.3", "--unmask", "eb")   # engine from the model
     assert res.returncode == 0 and "early_commits" in json.loads(res.stdout)
 
 

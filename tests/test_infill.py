@@ -300,7 +300,7 @@ def test_killed_process_resumes_and_matches_an_uninterrupted_run(tmp_path, engin
     total = sum(len(find_holes(t)) for t in files.values())
     src = make_tree(tmp_path / "src", files)
     out, state = tmp_path / "out", tmp_path / "out" / ".fim-infill"
-    config = DecodeConfig(max_tokens=24, length="fixed")
+    config = DecodeConfig(engine="diffusion", max_tokens=24, length="fixed")   # the engine the CLI picks for the model
     cmd = [sys.executable, "-m", "fim_server.cli", "infill", str(src), "--out", str(out), "--batch", "1",
            "--model", str(random_dlm_dir), "--dtype", "float64", "--threads", "1", "--no-progress",
            "--max-tokens", "24", "--length", "fixed"]

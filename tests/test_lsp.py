@@ -30,6 +30,7 @@ from pygls.exceptions import JsonRpcInvalidParams, JsonRpcRequestCancelled
 from pytest_lsp import ClientServerConfig, LanguageClient
 
 from fim_server.wire.client import WorkerClient
+from fim_server.wire.options import DecodeConfig
 from fim_server.wire.spawn import SpawnedWorker
 
 READY_TIMEOUT = 120
@@ -42,15 +43,15 @@ POINT_CURSOR = (1, 16)
 
 
 @functools.cache
-def point_answer() -> str:
-    """The engine's answer to POINT, through the server's own post-processing rules."""
-    from fim_server.wire.options import DecodeConfig
+def point_answer(kind: str = "diffusion") -> str:
+    """The `kind` engine's answer to POINT on the bundled model, through the server's own
+    post-processing rules (the shared worker runs the canvas engine; a spawned one the default)."""
     from fim_server.engine import InfillRequest, load_engine
     from lsp.completion import finish
     from lsp.cursor import cursor_context
 
-    engine = load_engine("diffusion", device="cpu", dtype="float32")
-    config = DecodeConfig(single_line=True, max_tokens=32)
+    engine = load_engine(kind, device="cpu", dtype="float32")
+    config = engine.default_config().replace(single_line=True, max_tokens=32)
     raw = engine.infill([InfillRequest("def __init__(self, name):\n    self.name = ", "\n")], config)[0].text
     return finish(raw, cursor_context(POINT, *POINT_CURSOR), 8)
 
@@ -72,9 +73,10 @@ SLOW_CURSOR = (1, 4)
 
 
 def Worker(bind: str, log_dir: str) -> SpawnedWorker:
-    """`fim-server serve` on the bundled model, one torch thread, ready when it says so."""
-    return SpawnedWorker(bind, Path(log_dir) / f"worker-{time.monotonic_ns()}.log", threads=1,
-                         extra=("--device", "cpu"), timeout=READY_TIMEOUT)
+    """`fim-server serve` on the bundled canvas diffusion model (the cases and SLOW_ENGINE above
+    are the canvas engine's), one torch thread, ready when it says so."""
+    return SpawnedWorker(bind, Path(log_dir) / f"worker-{time.monotonic_ns()}.log", engine="diffusion",
+                         threads=1, extra=("--device", "cpu"), timeout=READY_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -588,7 +590,8 @@ async def test_spawns_a_worker_when_none_answers(start_lsp, sock_dir):
     pid = status["spawned_pid"]
     assert pid is not None
     open_doc(client, "file:///spawned.py", POINT)
-    assert [i.insert_text for i in await inline(client, "file:///spawned.py", *POINT_CURSOR)] == [point_answer()]
+    want = point_answer(DecodeConfig.engine)                          # a spawned worker runs the default engine
+    assert [i.insert_text for i in await inline(client, "file:///spawned.py", *POINT_CURSOR)] == [want]
     assert client.messages == []                                      # spawning is not an outage
     await start_lsp.stop(client)
     await asyncio.to_thread(_wait_gone, pid)

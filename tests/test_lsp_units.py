@@ -263,9 +263,10 @@ def test_spawned_worker_runs_the_chosen_engine_and_verifier():
     assert cmd[cmd.index("--engine") + 1] == "speculative"
     assert cmd[cmd.index("--model") + 1] == "/m/dlm" and cmd[cmd.index("--ar-model") + 1] == "/m/ar"
     assert settings.to_wire()["worker"]["arModel"] == "/m/ar"
-    # the verifier only matters to the speculative engine; a plain diffusion worker is not given one
+    # the verifier only matters to the speculative engine; a worker without an engine setting gets
+    # no --engine (it runs the engine its model's family runs on) and no verifier
     plain = WorkerLink(parse_settings({"worker": {"arModel": "/m/ar"}})[0], print, print)._command()
-    assert plain[plain.index("--engine") + 1] == "diffusion" and "--ar-model" not in plain
+    assert "--engine" not in plain and "--ar-model" not in plain
     assert "worker.arModel" in parse_settings({"worker": {"arModel": 3}})[1][0]
 
 

@@ -62,5 +62,5 @@ def test_flags_given_win_over_the_family_defaults_and_the_rest_keep_them():
     assert (config.block_size, config.sub_block_size, config.threshold, config.end_guard) == (8, 8, 0.5, False)
     # a flag given at DecodeConfig's own default still wins over the family's
     assert from_arguments(parse("--block-size", "8"), base).block_size == 8
-    assert from_arguments(parse(), base) == base.replace(engine="diffusion")
+    assert from_arguments(parse(), base) == base                # no flag given, not even --engine
     assert from_arguments(parse()) == DecodeConfig()

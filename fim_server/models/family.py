@@ -104,6 +104,7 @@ FIM_TINY_BLOCK = register(Family(
     never_generate=("<|mask|>", "<|expand|>", "<|delete|>", "<|fim_prefix|>", "<|fim_suffix|>",
                     "<|fim_middle|>"),
     context_tokens=256,
+    defaults=(("block_size", 4),),      # b4: 1.6x faster than b8 at better edit similarity (bench/results/engine-block.json)
     description="the project's block-diffusion FIM coder (Qwen2 from the AR twin: PSM prompt, "
                 "causal across blocks, bidirectional inside one, shifted logits)",
 ))

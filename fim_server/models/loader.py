@@ -125,6 +125,27 @@ def published_layout(source: str) -> Optional[Layout]:
     return layout
 
 
+def identify(source: str, family: Optional[str] = None, kind: Optional[str] = None):
+    """(config, tokenizer, layout, family) of a checkpoint, without its weights: the family is
+    the one given, the one the checkpoint declares, or detected (families of `kind` first)."""
+    layout = published_layout(source)
+    if layout is not None:
+        config = layout.translate(read_raw_config(source))
+        tokenizer = (layout.load_tokenizer or AutoTokenizer.from_pretrained)(source)
+    else:
+        config = AutoConfig.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    vocab = tokenizer.get_vocab()            # built anew on each call: 0.1 s for 150k tokens
+    declared = family or (layout.family_for(vocab) if layout else getattr(config, "fim_family", None))
+    return config, tokenizer, layout, detect_family(config.model_type, vocab, declared, kind)
+
+
+def model_kind(name_or_path: str, family: Optional[str] = None) -> str:
+    """The engine a checkpoint's family runs on ("diffusion" | "block" | "ar"): what a command
+    line that names a model but no engine runs."""
+    return identify(name_or_path, family)[3].kind
+
+
 def load_model(
     name_or_path: Optional[str] = None,
     kind: str = "diffusion",
@@ -136,16 +157,8 @@ def load_model(
     source = resolve_source(name_or_path, kind)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dev, dtype)
-    layout = published_layout(source)
-    if layout is not None:
-        config = layout.translate(read_raw_config(source))
-        tokenizer = (layout.load_tokenizer or AutoTokenizer.from_pretrained)(source)
-    else:
-        config = AutoConfig.from_pretrained(source)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    vocab = tokenizer.get_vocab()            # built anew on each call: 0.1 s for 150k tokens
-    declared = family or (layout.family_for(vocab) if layout else getattr(config, "fim_family", None))
-    fam = detect_family(config.model_type, vocab, declared, kind)
+    config, tokenizer, layout, fam = identify(source, family, kind)
+    vocab = tokenizer.get_vocab()
     if fam.kind != kind:
         raise ValueError(f"{source} is a {fam.kind} model ({fam.name}); the {kind} engine cannot run it")
     if fam.needs_mask and getattr(config, "fim_logits_shifted", None) is not None:
