@@ -154,19 +154,6 @@ def test_engine_forgets_a_closed_document(kind, ar, dlm):
     assert again.stats.reused_tokens == 0                          # computed from scratch
 
 
-def test_ar_batch_mixing_reused_and_fresh_rows_equals_single_runs(ar):
-    cfg = DecodeConfig(engine="ar", max_tokens=12)
-    ar.kv_store = PrefixStore()
-    ar.infill([InfillRequest(PREFIX, SUFFIX, key="doc")], cfg)
-    batch = [InfillRequest(PREFIX + "sum(", SUFFIX, key="doc"),
-             InfillRequest("import os\n\ndef main():\n    ", "\n", key="new"),
-             InfillRequest(PREFIX[:300], SUFFIX)]
-    together = ar.infill(batch, cfg)
-    assert together[0].stats.reused_tokens > 0 and together[1].stats.reused_tokens == 0
-    alone = [ar.infill([dataclasses.replace(r, key="")], cfg)[0] for r in batch]
-    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
-
-
 # ---------------------------------------------------------------- block diffusion: exact (causal prompt)
 
 @pytest.fixture(scope="module")
@@ -187,16 +174,20 @@ def test_block_follow_ups_equal_cold_requests_token_for_token(block):
         assert warm.token_ids == cold.token_ids
 
 
-def test_block_batch_mixing_reused_and_fresh_rows_equals_single_runs(block):
-    cfg = DecodeConfig(engine="block", max_tokens=8, block_size=4)
-    block.kv_store = PrefixStore()
-    block.infill([InfillRequest(PREFIX, SUFFIX, key="doc")], cfg)
+@pytest.mark.parametrize("kind,extra", [("ar", {}), ("block", {"block_size": 4})])
+def test_batch_mixing_reused_and_fresh_rows_equals_single_runs(request, kind, extra):
+    """The causal-prompt engines: a batch of a reusing row, a new document and an unkeyed row
+    decodes as each row alone."""
+    engine = request.getfixturevalue(kind)
+    cfg = DecodeConfig(engine=kind, max_tokens=8, **extra)
+    engine.kv_store = PrefixStore()
+    engine.infill([InfillRequest(PREFIX, SUFFIX, key="doc")], cfg)
     batch = [InfillRequest(PREFIX + "sum(", SUFFIX, key="doc"),
              InfillRequest("import os\n\ndef main():\n    ", "\n", key="new"),
              InfillRequest(PREFIX[:300], SUFFIX)]
-    together = block.infill(batch, cfg)
+    together = engine.infill(batch, cfg)
     assert together[0].stats.reused_tokens > 0 and together[1].stats.reused_tokens == 0
-    alone = [block.infill([dataclasses.replace(r, key="")], cfg)[0] for r in batch]
+    alone = [engine.infill([dataclasses.replace(r, key="")], cfg)[0] for r in batch]
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]
 
 
