@@ -208,9 +208,8 @@ ENGINE_PATHS = {"diffusion": "canvas", "block": "block", "ar": "ar"}   # Family.
 def model_families() -> list[dict]:
     """Every family: where it comes from, the engine path it takes, the published layouts that
     load as it, and its decoding defaults."""
-    from .models import layouts  # noqa: F401  (each layout module registers itself)
     from .models.family import FAMILIES
-    from .models.layouts import LAYOUTS
+    from .models.layouts import LAYOUTS          # the package loads every lineage's layouts
 
     rows = []
     for name, family in FAMILIES.items():

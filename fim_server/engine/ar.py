@@ -46,7 +46,6 @@ class AREngine(PSM, Engine):
 
     def __init__(self, lm: LoadedModel, kv_store: Optional[PrefixStore] = None):
         super().__init__(lm, kv_store)
-        self.end_ids = frozenset(self.ids.end_of_middle)
         self.takes_keep = takes_logits_to_keep(self.model)
 
     # ---------------------------------------------------------------- set-up and results
@@ -78,9 +77,10 @@ class AREngine(PSM, Engine):
         self.poll(rows, should_stop)                 # requests may be cancelled before any forward
         if all(r.done for r in rows):
             return
-        input_ids, mask, positions, cache = self._prefill_inputs(rows)          # [B, T] each
+        input_ids, mask, positions, cache = prefill_inputs(                     # [B, T] each
+            [r.prompt for r in rows], [r.past for r in rows], self.ids.pad, self.lm.device, self.model.config)
         logits = self.prefill(input_ids, mask, positions, cache)                # [B, V]
-        self._remember_prompts(rows, cache, mask)
+        remember_prompts(self.kv_store, rows, cache, mask)
         for step in range(config.max_tokens):
             tokens = self.pick(logits, config, generator)                       # [B]
             for row, token in zip(rows, tokens.tolist()):
@@ -130,20 +130,3 @@ class AREngine(PSM, Engine):
         probs = torch.softmax(logits / config.temperature, dim=-1)              # [B, V]
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
-    def take(self, row: _Row, token: int, config: DecodeConfig) -> None:
-        """Record one token of a running row and apply its stop rules."""
-        if token in self.end_ids:
-            return row.finish("end")            # cut there: the end token is not part of the middle
-        row.ids.append(token)
-        if config.single_line and self.line_complete(row.ids):
-            return row.finish("line")
-        if len(row.ids) >= config.max_tokens:
-            return row.finish("length")
-
-    def _prefill_inputs(self, rows: list[_Row]):
-        """Input ids, mask, positions and cache for the prefill (prefix_store.prefill_inputs)."""
-        return prefill_inputs([r.prompt for r in rows], [r.past for r in rows], self.ids.pad, self.lm.device,
-                              self.model.config)
-
-    def _remember_prompts(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
-        remember_prompts(self.kv_store, rows, cache, mask)

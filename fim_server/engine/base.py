@@ -179,6 +179,17 @@ class Engine(ABC):
         for i in set(should_stop(running)) & set(running):
             rows[i].finish("cancelled")
 
+    def take(self, row, token: int, config: DecodeConfig) -> None:
+        """Record one token of a running row decoded left to right (`row.ids`, `row.finish`) and
+        apply its stop rules: the end token, a completed line in single-line mode, max_tokens."""
+        if token in self.ids.end_of_middle:
+            return row.finish("end")            # cut there: the end token is not part of the middle
+        row.ids.append(token)
+        if config.single_line and self.line_complete(row.ids):
+            return row.finish("line")
+        if len(row.ids) >= config.max_tokens:
+            return row.finish("length")
+
     def line_complete(self, ids: list[int]) -> bool:
         """Single-line mode may stop after the middle `ids` (postprocess.line_complete of their
         text), decoded only once a newline token is among them: the check runs every step."""

@@ -52,7 +52,6 @@ class _Round:
         self.lm = engine.lm
         self.device = engine.lm.device
         self.mask_id = engine.ids.mask
-        self.ends = set(engine.ids.end_of_middle)
         self.cache = DynamicCache(config=self.lm.model.config)
         self.fresh: list[int] = []
         self.draft: list[int] = []
@@ -107,19 +106,11 @@ class _Round:
         return slots.argmax(dim=-1).tolist()
 
     def _accept(self, tokens: list[int]) -> None:
-        """Append accepted tokens to the middle, stopping at an end token, a completed line or
-        max_tokens (what comes after is dropped, as greedy decoding would never produce it)."""
-        row, config = self.row, self.config
+        """Append accepted tokens to the middle with the engines' stop rules (Engine.take); what
+        comes after a stop is dropped, as greedy decoding would never produce it."""
         for token in tokens:
-            if token in self.ends:
-                row.finish("end")
-                return
-            row.ids.append(token)
-            if config.single_line and self.engine.line_complete(row.ids):
-                row.finish("line")
-                return
-            if len(row.ids) >= config.max_tokens:
-                row.finish("length")
+            self.engine.take(self.row, token, self.config)
+            if self.row.done:
                 return
 
     # ---------------------------------------------------------------- forwards

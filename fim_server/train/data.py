@@ -98,13 +98,18 @@ def data_roots(root: Optional[Path], corpus: Optional[Path]) -> list[tuple[str, 
     return [("stdlib", root or stdlib_root())] + package_roots(corpus)
 
 
+def load_manifest(corpus: Path) -> dict[str, dict]:
+    """The package records of a corpus fetched by train/packages.py ({} before the first fetch)."""
+    path = corpus / "manifest.json"
+    return json.loads(path.read_text())["packages"] if path.exists() else {}
+
+
 def package_roots(corpus: Optional[Path]) -> list[tuple[str, Path]]:
-    """(package, directory) of every kept package of a corpus fetched by train/packages.py."""
-    manifest = corpus / "manifest.json" if corpus is not None else None
-    if manifest is None or not manifest.exists():
+    """(package, directory) of every kept package of a fetched corpus."""
+    if corpus is None:
         return []
-    records = json.loads(manifest.read_text())["packages"]
-    return [(name, corpus / name) for name, r in sorted(records.items()) if r["kept"] and (corpus / name).is_dir()]
+    return [(name, corpus / name) for name, r in sorted(load_manifest(corpus).items())
+            if r["kept"] and (corpus / name).is_dir()]
 
 
 def collect_sources(root: Optional[Path] = None, corpus: Optional[Path] = None,

@@ -26,7 +26,7 @@ from typing import Iterable, Optional
 
 from tqdm import tqdm
 
-from .data import EXCLUDED_PROJECTS, MAX_FILE_BYTES, excluded
+from .data import EXCLUDED_PROJECTS, MAX_FILE_BYTES, excluded, load_manifest
 
 ALLOWED = ("MIT", "BSD", "Apache-2.0", "PSF")
 
@@ -124,8 +124,7 @@ def read_licence(metadata: email.message.Message) -> tuple[list[str], list[str]]
 
 
 def is_excluded_project(name: str) -> bool:
-    canonical = re.sub(r"[-_.]+", "-", name).lower()
-    return canonical in EXCLUDED_PROJECTS
+    return canonical_name(name) in EXCLUDED_PROJECTS
 
 
 def download(name: str, into: Path) -> Path:
@@ -197,11 +196,6 @@ def fetch_one(name: str, corpus: Path) -> PackageRecord:
 
 def canonical_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def load_manifest(corpus: Path) -> dict[str, dict]:
-    path = corpus / "manifest.json"
-    return json.loads(path.read_text())["packages"] if path.exists() else {}
 
 
 def write_manifest(corpus: Path, records: dict[str, dict]) -> None:

@@ -192,13 +192,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, f in FIELDS.items():
         flag = "--" + name.replace("_", "-")
         kind, help = TYPES[name], f"{f.metadata['help']} (default: {f.default})"
-        default = None
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
         elif f.metadata["choices"]:
-            parser.add_argument(flag, choices=f.metadata["choices"], default=default, help=help)
+            parser.add_argument(flag, choices=f.metadata["choices"], default=None, help=help)
         else:
-            parser.add_argument(flag, type=kind, default=default, help=help)
+            parser.add_argument(flag, type=kind, default=None, help=help)
 
 
 def given_arguments(args: argparse.Namespace) -> dict[str, Any]:
