@@ -27,7 +27,7 @@ from bench.machine import describe, one_line
 from bench.metrics import edit_similarity, exact_match
 from bench.repo_cases import SourceFile, sample_cases
 from bench.sandbox import score_humaneval_many
-from fim_server.wire.options import DecodeConfig
+from fim_server.wire.options import DecodeConfig, OptionError, apply, parse_text
 from fim_server.train.data import collect_sources
 from fim_server.engine import InfillRequest, load_engine
 from fim_server.engine.postprocess import first_line
@@ -89,6 +89,14 @@ def evaluate(engine, cases, config, single: bool, oracle: bool, name: str) -> di
     return row
 
 
+def _option(text: str) -> tuple[str, object]:
+    """`name=value` from --set, the value parsed as the option's type."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"--set wants OPTION=VALUE, got {text!r}")
+    return name.strip(), parse_text(name.strip(), value.strip())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dlm", default=None)
@@ -100,9 +108,16 @@ def main() -> None:
     p.add_argument("--held", type=int, default=200)
     p.add_argument("--humaneval-limit", type=int, default=0, help="0 = all 1033")
     p.add_argument("--humaneval-multi-limit", type=int, default=0, help="0 = leave the multi-line suite out")
+    p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                   help="a decoding option for every setting (repeatable), e.g. repetition_guard=off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     args = p.parse_args()
+    base = DecodeConfig(max_tokens=64)
+    try:
+        base = apply(base, dict(_option(text) for text in args.set))
+    except (OptionError, ValueError) as e:
+        p.error(str(e))
     wanted = [e.strip() for e in args.engines.split(",") if e.strip()]
     engines = {"ar": load_engine("ar", args.ar)}
     if {"diffusion", "oracle"} & set(wanted):
@@ -115,12 +130,12 @@ def main() -> None:
                 "block": ("block", {"engine": "block", "block_size": 4}, False, "block (b4, threshold 0.9)"),
                 "lossless": ("block", {"engine": "block", "block_size": 4, "lossless": True}, False, "block lossless (b4)")}
     report = {"machine": describe(str(engines["ar"].lm.device)),
-              "models": {k: e.lm.source for k, e in engines.items()}, "suites": {}}
+              "models": {k: e.lm.source for k, e in engines.items()}, "options": args.set, "suites": {}}
     found = suites(args.held, args.humaneval_limit, args.humaneval_multi_limit, args.seed,
                    Path(args.corpus) if args.corpus else None)
     for suite, cases in found.items():
         single = "single" in suite
-        cfg = DecodeConfig(max_tokens=64, single_line=single)
+        cfg = base.replace(single_line=single)
         rows = []
         for name in wanted:
             kind, changes, oracle, label = settings[name]

@@ -24,7 +24,8 @@ REQUESTS = [
     InfillRequest("for i in range(10):\n", "", "r2"),
 ]
 
-GREEDY = DecodeConfig(engine="ar", max_tokens=16)
+# scripted and reference token streams loop; the repetition guard (tests/test_repetition.py) stays out
+GREEDY = DecodeConfig(engine="ar", max_tokens=16, repetition_guard=False)
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ def greedy_reference(engine, req, max_tokens: int) -> list[int]:
 
 @pytest.mark.parametrize("block", [1, 4, 8])
 def test_lossless_equals_greedy_left_to_right_on_real_files(engine, references, block):
-    config = DecodeConfig(engine="block", max_tokens=20, block_size=block, lossless=True)
+    config = DecodeConfig(engine="block", max_tokens=20, block_size=block, lossless=True, repetition_guard=False)
     cases = real_cases()
     results = engine.infill(cases, config)
     for req, got in zip(cases, results):
@@ -81,11 +81,12 @@ def test_batch_equals_one_at_a_time(engine):
 def test_single_line_and_length_stops(engine, references):
     req = real_cases()[0]
     line = engine.infill([req], DecodeConfig(engine="block", max_tokens=20, block_size=4, lossless=True,
-                                             single_line=True))[0]
+                                             single_line=True, repetition_guard=False))[0]
     full = references[req.id]
     assert full[:len(line.token_ids)] == line.token_ids
     assert line.stats.stop_reason in ("line", "end", "length")
-    short = engine.infill([req], DecodeConfig(engine="block", max_tokens=3, block_size=8, lossless=True))[0]
+    short = engine.infill([req], DecodeConfig(engine="block", max_tokens=3, block_size=8, lossless=True,
+                                              repetition_guard=False))[0]
     assert short.token_ids == full[:3] and (len(full) < 3 or short.stats.stop_reason == "length")
 
 

@@ -21,6 +21,7 @@ from fim_server.wire.options import RESERVED_TOKENS, DecodeConfig, OptionError
 
 from .postprocess import line_complete, postprocess
 from .prefix_store import PrefixStore
+from .repetition import loop_cut
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 
 WARMUP_REQUEST = InfillRequest("def f(x):\n    return ", "\n")
@@ -101,7 +102,9 @@ class Engine(ABC):
         self.kv_store = kv_store if kv_store is not None else PrefixStore()
         # the ids whose text holds a newline: single-line checks decode the middle only once one
         # of them is in it (no other token can put a newline into the decoded text)
-        self.newline_ids = frozenset(i for i, text in enumerate(token_texts(self.tok)) if "\n" in text)
+        texts = token_texts(self.tok)
+        self.newline_ids = frozenset(i for i, text in enumerate(texts) if "\n" in text)
+        self.blank_ids = frozenset(i for i, text in enumerate(texts) if not text.strip())   # the repetition guard's
 
     def default_config(self) -> DecodeConfig:
         """The options a request starts from: DecodeConfig's defaults under the published decoding
@@ -181,14 +184,29 @@ class Engine(ABC):
 
     def take(self, row, token: int, config: DecodeConfig) -> None:
         """Record one token of a running row decoded left to right (`row.ids`, `row.finish`) and
-        apply its stop rules: the end token, a completed line in single-line mode, max_tokens."""
+        apply its stop rules: the end token, a loop (the repetition guard), a completed line in
+        single-line mode, max_tokens."""
         if token in self.ids.end_of_middle:
             return row.finish("end")            # cut there: the end token is not part of the middle
         row.ids.append(token)
+        if self.cut_loop(row, config, new=1):
+            return
         if config.single_line and self.line_complete(row.ids):
             return row.finish("line")
         if len(row.ids) >= config.max_tokens:
             return row.finish("length")
+
+    def cut_loop(self, row, config: DecodeConfig, new: Optional[int] = None) -> bool:
+        """The repetition guard (fim_server.engine.repetition): when `row.ids` (its last `new`
+        tokens, or all) complete a loop, cut them after its first copy and finish the row."""
+        if not config.repetition_guard:
+            return False
+        cut = loop_cut(row.ids, self.blank_ids, new)
+        if cut is None:
+            return False
+        del row.ids[cut:]
+        row.finish("repeat")
+        return True
 
     def line_complete(self, ids: list[int]) -> bool:
         """Single-line mode may stop after the middle `ids` (postprocess.line_complete of their

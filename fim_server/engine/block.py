@@ -8,7 +8,8 @@ block by block, causal across blocks and bidirectional inside one, over an exact
     advance   a finished block rides at the front of the next block's first step: its KV, computed
               from its final tokens (bidirectional inside it, causal to all before), is kept. So
               the cache is written once per block, exact, and never refreshed
-    stop      the end-of-middle token, the line (single-line mode), max_tokens or the step cap
+    stop      the end-of-middle token, a loop (the repetition guard), the line (single-line mode),
+              max_tokens or the step cap
 
 Shifted logits (a model initialised from an AR coder): block slot j is predicted at j - 1, so
 slot 0 comes from the last position before the block (the prompt's last token, or the previous
@@ -293,10 +294,10 @@ class BlockEngine(PSM, Engine):
             end = self._end_at(settled)
             if end is not None:
                 row.ids += settled[:end]
-                row.finish("end")
+                self.cut_loop(row, config, new=end) or row.finish("end")
             elif config.single_line and self.line_complete(row.ids + settled):
                 row.ids += settled
-                row.finish("line")
+                self.cut_loop(row, config, new=len(settled)) or row.finish("line")
 
     def _settle(self, row: _Row, slots: list[int], config: DecodeConfig, steps: int) -> None:
         """The block is over for this row (all committed, or the step cap): its tokens join."""
@@ -304,6 +305,8 @@ class BlockEngine(PSM, Engine):
             return
         settled = self._settled(row, slots)
         row.ids += settled
+        if self.cut_loop(row, config, new=len(settled)):
+            return
         if len(settled) < row.span[1] - row.span[0]:
             row.finish("steps")                       # the step cap left masks in the block
         elif len(row.ids) >= config.max_tokens:

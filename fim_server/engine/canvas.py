@@ -40,6 +40,7 @@ class Canvas:
     nfe: int = 0
     steps: int = 0
     early_commits: int = 0         # steps where early commit took the whole block
+    loop_checked: int = 0          # settled tokens the repetition guard has looked at
     stats: Optional[Stats] = None  # the request's stats (engine rows; a speculative draft has none)
 
     def __post_init__(self) -> None:

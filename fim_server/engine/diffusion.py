@@ -25,6 +25,7 @@ from .canvas import Canvas
 from .kv import RowKV, assemble, rope_inv_freq, shift_keys
 from .layout import fit_context
 from .prefix_store import PrefixStore
+from .repetition import loop_cut
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 from .unmask import Select, propose_tokens, selector
 
@@ -76,6 +77,10 @@ class DiffusionEngine(Engine):
 
     def result(self, row: Canvas, req: InfillRequest, config: DecodeConfig, timing: Timing) -> InfillResult:
         ids = row.middle_ids()
+        cut = loop_cut(ids, self.blank_ids) if config.repetition_guard else None
+        if cut is not None:                          # the repetition guard: keep the loop's first copy
+            ids = ids[:cut]
+            row.stop_reason = row.stop_reason if row.stop_reason == "cancelled" else "repeat"
         text = self.text(ids, req, config)
         stats = row.stats
         stats.nfe, stats.steps, stats.tokens = row.nfe, row.steps, len(ids)
@@ -132,7 +137,18 @@ class DiffusionEngine(Engine):
             return row.finish("end" if len(row.canvas) < config.max_tokens else "length")
         if config.single_line and self.line_complete(row.settled_ids()):
             return row.finish("line")
+        if self._looping(row, config):
+            return row.finish("repeat")
         row.advance_block()
+
+    def _looping(self, row: Canvas, config: DecodeConfig) -> bool:
+        """The repetition guard on the settled tokens that are new since the last look (the
+        result cuts the loop; it checks the whole middle once more, for edits behind them)."""
+        if not config.repetition_guard:
+            return False
+        settled = row.settled_ids()
+        new, row.loop_checked = len(settled) - row.loop_checked, len(settled)
+        return new > 0 and loop_cut(settled, self.blank_ids, new) is not None
 
     def _masked(self, rows: list[Canvas], in_block: torch.Tensor) -> torch.Tensor:
         return _flags([row.block_masked() for row in rows], in_block.shape[1], in_block.device) & in_block

@@ -30,7 +30,7 @@ class Stats:
     decode_ms: float = 0.0       # model forwards and selection
     latency_ms: float = 0.0      # encode + decode + detokenize + post-process
     cancelled: bool = False
-    stop_reason: str = ""        # end | line | length | steps | cancelled | empty
+    stop_reason: str = ""        # end | line | repeat | length | steps | cancelled | empty
     early_commits: int = 0       # diffusion: steps where early commit settled the whole block at once
     # speculative: nfe = ar_forwards + draft_forwards, steps = verifications
     ar_forwards: int = 0         # AR forwards (the prompt prefill and one per verification)
