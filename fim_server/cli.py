@@ -112,12 +112,10 @@ def connect_options(args: argparse.Namespace) -> dict:
 
 def complete_remote(args: argparse.Namespace, prefix: str, suffix: str, config: DecodeConfig) -> int:
     """complete --connect: the worker's model answers; only the options given on the command line
-    are sent (the engine only when not the default), so the worker's engine and defaults apply otherwise."""
+    are sent (--engine too, when given), so the worker's engine and defaults apply otherwise."""
     from .wire.client import RequestFailed, SyncWorkerClient, WorkerUnavailable
 
     options = {k: v for k, v in given_arguments(args).items() if k not in ("max_tokens", "single_line")}
-    if options.get("engine") == DecodeConfig().engine:
-        del options["engine"]
     with SyncWorkerClient(args.connect, **connect_options(args)) as client:
         try:
             reply = client.infill(prefix, suffix, options=options, max_tokens=config.max_tokens,

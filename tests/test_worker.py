@@ -179,6 +179,16 @@ def test_complete_cli_uses_the_worker(worker, tmp_path):
         assert key in result, key
 
 
+def test_complete_cli_sends_an_engine_given_explicitly(worker, tmp_path):
+    """--engine block is sent even though block is the default engine: this worker runs the
+    canvas engine, so it answers with an error instead of silently using its own engine."""
+    (tmp_path / "p.py").write_text(PREFIX)
+    out = subprocess.run([sys.executable, "-m", "fim_server.cli", "complete", "--connect", worker.address,
+                          "--prefix-file", str(tmp_path / "p.py"), "--max-tokens", "4", "--engine", "block"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "block" in out.stderr, out.stderr
+
+
 async def test_reuse_when_typing_the_completion(worker, client):
     first = await client.infill(PREFIX, "\n", doc_key="reuse", deadline_s=20, **FAST)
     assert len(first.text) >= 2, "the random model must produce something to type"
