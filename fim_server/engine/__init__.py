@@ -3,7 +3,8 @@
     base (start -> decode -> result) <- ar, diffusion (in-place canvas), block (block diffusion, PSM),
                                         speculative (diffusion drafts, AR verifies)
     layout (fit prefix/suffix to the budget), canvas (a diffusion row), unmask (what a step commits),
-    kv + prefix_store (block and cross-request KV), batching (padding), postprocess (the middle's text)
+    kv + prefix_store (block and cross-request KV), batching (padding), repetition (the loop guard),
+    postprocess (the middle's text)
 """
 
 from __future__ import annotations
