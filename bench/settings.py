@@ -19,7 +19,7 @@ from typing import Any
 
 from fim_server.wire.options import ENGINES, FIELDS, DecodeConfig, OptionError, parse_text
 
-COMMON = {"max_tokens", "temperature", "seed", "context_tokens", "kv_reuse", "single_line"}
+COMMON = {"max_tokens", "temperature", "seed", "context_tokens", "kv_reuse", "single_line", "repetition_guard"}
 SPECULATIVE_ONLY = {"draft_length", "draft_steps"}
 NOT_SWEPT = {"engine"}
 DIFFUSION = set(FIELDS) - COMMON - SPECULATIVE_ONLY - NOT_SWEPT

@@ -161,10 +161,12 @@ def block():
     return load_engine("block", dtype="float64")
 
 
-def test_block_follow_ups_equal_cold_requests_token_for_token(block):
+@pytest.mark.parametrize("lossless", [False, True])
+def test_block_follow_ups_equal_cold_requests_token_for_token(block, lossless):
     """The block engine's prompt is causal, so its reused KV is exact: follow-ups decode the same
-    tokens as cold requests, computing only the prompt tokens after the shared lead."""
-    cfg = DecodeConfig(engine="block", max_tokens=12, block_size=4)
+    tokens as cold requests, computing only the prompt tokens after the shared lead (the lossless
+    mode too)."""
+    cfg = DecodeConfig(engine="block", max_tokens=12, block_size=4, lossless=lossless)
     block.kv_store = PrefixStore()
     assert block.infill([InfillRequest(PREFIX, SUFFIX, key="doc")], cfg)[0].stats.reused_tokens == 0
     for typed in TYPING[::2]:
@@ -191,9 +193,9 @@ def test_batch_mixing_reused_and_fresh_rows_equals_single_runs(request, kind, ex
     assert [r.token_ids for r in together] == [r.token_ids for r in alone]
 
 
-def test_block_reuse_is_off_when_asked_and_in_lossless_mode(block):
+def test_block_reuse_is_off_when_asked(block):
     block.kv_store = PrefixStore()
-    for change in ({"kv_reuse": False}, {"lossless": True}):
+    for change in ({"kv_reuse": False}, {"kv_reuse": False, "lossless": True}):
         cfg = DecodeConfig(engine="block", max_tokens=4, block_size=4, **change)
         block.infill([InfillRequest(PREFIX, SUFFIX, key="doc")], cfg)
         assert block.infill([InfillRequest(PREFIX + "s", SUFFIX, key="doc")], cfg)[0].stats.reused_tokens == 0

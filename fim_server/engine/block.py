@@ -188,7 +188,7 @@ class BlockEngine(PSM, Engine):
         stats = Stats(engine="block", cache="exact", truncated=ctx.truncated,
                       prompt_tokens=len(ctx.prefix_ids) + len(ctx.suffix_ids))
         row = _Row(prompt=self.prompt(ctx.prefix_ids, ctx.suffix_ids), stats=stats)
-        if config.kv_reuse and not self.aligned and not config.lossless:
+        if config.kv_reuse and not self.aligned:
             # the causal prompt's KV is exact to reuse; at least its last token is computed, for its logits
             row.key = req.key
             stats.reused_tokens, row.past = self.kv_store.lookup(row.key, row.prompt, len(row.prompt) - 1)

@@ -16,7 +16,8 @@ prediction at the first disagreement (a correction, always right). When the whol
 agrees, the masks were conditioned on the right tokens and become the next draft (their first
 slot, predicted at the last verified position, is the greedy token itself); otherwise they are
 dropped and the next round drafts again after the correction. The KV of the kept tokens stays
-in the cache; the rest is cropped.
+in the cache; the rest is cropped. The prompt's KV is kept per document, as the AR and block
+engines keep theirs, so a follow-up request computes only the prompt tokens after the shared lead.
 
 Unshifted models (logit i predicts token i) make no causal next-token prediction, so they
 have no lossless mode here. Rows are decoded one at a time: their acceptance lengths differ,
@@ -28,9 +29,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from transformers import DynamicCache
 
 from fim_server.wire.options import DecodeConfig
+
+from .prefix_store import prefill_inputs, remember_prompts
 
 
 
@@ -52,11 +54,10 @@ class _Round:
         self.lm = engine.lm
         self.device = engine.lm.device
         self.mask_id = engine.ids.mask
-        self.cache = DynamicCache(config=self.lm.model.config)
         self.fresh: list[int] = []
         self.draft: list[int] = []
         self.pos = 0                                     # position of the first uncached token
-        self.last = self._prefill(row.prompt)            # [V] causal prediction after the cache
+        self.last = self._prefill(row)                   # [V] causal prediction after the cache
 
     def run(self, poll) -> None:
         """Rounds until the row finishes; `poll` (between rounds) finishes it when cancelled."""
@@ -115,12 +116,17 @@ class _Round:
 
     # ---------------------------------------------------------------- forwards
 
-    def _prefill(self, prompt: list[int]) -> torch.Tensor:
-        ids = torch.tensor([prompt], device=self.device)
-        logits = self._run(ids, torch.ones((1, 1, len(prompt), len(prompt)), dtype=torch.bool,
-                                           device=self.device).tril())
-        self.pos = len(prompt)
-        return logits[-1]
+    def _prefill(self, row) -> torch.Tensor:
+        """The prompt, causal, over the KV it shares with the document's last request (row.past,
+        exact: as in the AR and block engines), which then keeps this prompt's KV; only the last
+        position is projected onto the vocabulary."""
+        ids, mask, positions, self.cache = prefill_inputs([row.prompt], [row.past], self.engine.ids.pad,
+                                                          self.device, self.lm.model.config)
+        logits, _ = self.lm.forward(self.cache, input_ids=ids, attention_mask=mask, position_ids=positions,
+                                    use_cache=True, **self.engine.keep_last)
+        remember_prompts(self.engine.kv_store, [row], self.cache, mask)
+        self.pos = len(row.prompt)
+        return logits[0, -1].float().masked_fill(self.engine.banned, float("-inf"))
 
     def _forward(self, queries: list[int], verified: int) -> torch.Tensor:
         """Logits [Q, V] (banned ids at -inf) of the queries over the cache; the first `verified`
@@ -130,10 +136,7 @@ class _Round:
         inner[verified:, verified:] = True
         cached = torch.ones((q, self.pos), dtype=torch.bool, device=self.device)
         mask = torch.cat([cached, inner], dim=1)[None, None]                  # [1, 1, Q, K + Q]
-        return self._run(torch.tensor([queries], device=self.device), mask)
-
-    def _run(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        positions = self.pos + torch.arange(ids.shape[1], device=self.device)[None]
-        logits, _ = self.lm.forward(self.cache, input_ids=ids, attention_mask=mask, position_ids=positions,
-                                    use_cache=True)
+        positions = self.pos + torch.arange(q, device=self.device)[None]      # [1, Q]
+        logits, _ = self.lm.forward(self.cache, input_ids=torch.tensor([queries], device=self.device),
+                                    attention_mask=mask, position_ids=positions, use_cache=True)
         return logits[0].float().masked_fill(self.engine.banned, float("-inf"))
