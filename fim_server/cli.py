@@ -244,8 +244,23 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_infill(args: argparse.Namespace) -> int:
     from .batch.command import command
 
+    decode_config(args)                   # checked before anything loads
     args.engine = pick_engine(args)
-    return command(args, decode_config(args), UsageError)
+    return command(args, decode_config(args, family_defaults(args)), UsageError)
+
+
+def family_defaults(args: argparse.Namespace) -> DecodeConfig:
+    """The options the worker would start from for --model (or the bundled model) on --engine:
+    the family's published settings (engine.base.published_defaults), read without the weights."""
+    from .engine.base import published_defaults
+    from .models.loader import identify, resolve_model, resolve_source
+
+    model, _ = resolve_model(args.model, args.engine)
+    try:
+        ckpt = identify(resolve_source(model, args.engine), args.family, kind=args.engine)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load model {model or 'bundled'}: {exc}") from None
+    return published_defaults(args.engine, ckpt.family, ckpt.config)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -365,3 +365,24 @@ def test_cli_refuses_bad_usage(tmp_path, capsys):
     assert "nothing to fill" in capsys.readouterr().err
     assert run_cli(tmp_path, "--batch", "0") == 2
     assert "--batch" in capsys.readouterr().err
+
+
+def test_cli_starts_from_the_family_defaults(monkeypatch, tmp_path):
+    """`fim-server infill` decodes with the options a worker on the same model starts from (the
+    bundled block coder's blocks of 4, not DecodeConfig's 8); flags still win."""
+    import fim_server.batch.command as batch_command
+    from fim_server.engine import load_engine
+
+    seen = []
+
+    def capture(args, config, usage_error):
+        seen.append(config)
+        return 0
+
+    monkeypatch.setattr(batch_command, "command", capture)
+    assert run_cli(tmp_path, "--engine", "block") == 0
+    assert run_cli(tmp_path, "--engine", "block", "--block-size", "2") == 0
+    worker_default = load_engine("block").default_config()
+    assert worker_default.block_size != DecodeConfig().block_size            # the family sets one
+    assert seen[0] == worker_default
+    assert seen[1] == worker_default.replace(block_size=2)

@@ -27,6 +27,21 @@ from .types import InfillRequest, InfillResult, ShouldStop, Stats
 WARMUP_REQUEST = InfillRequest("def f(x):\n    return ", "\n")
 
 
+def published_defaults(kind: str, family, model_config) -> DecodeConfig:
+    """DecodeConfig's defaults for an engine of `kind` under the published decoding settings of
+    the model's family (Family.defaults), when the family runs on that engine, and the block
+    size the checkpoint itself names (config.fim_block_size: SDAR's -b16 ...). Needs no weights:
+    `fim-server infill` reads it from the checkpoint's config (models.loader.identify)."""
+    config = DecodeConfig(engine=kind)
+    if family.kind != kind:
+        return config
+    defaults = dict(family.defaults)
+    block = getattr(model_config, "fim_block_size", None)
+    if block:
+        defaults["block_size"] = block
+    return config.replace(**defaults)
+
+
 class RowState:
     """What every engine's row has: a stop reason, "" while it runs (rows set `stop_reason`)."""
 
@@ -107,18 +122,8 @@ class Engine(ABC):
         self.blank_ids = frozenset(i for i, text in enumerate(texts) if not text.strip())   # the repetition guard's
 
     def default_config(self) -> DecodeConfig:
-        """The options a request starts from: DecodeConfig's defaults under the published decoding
-        settings of the model's family (Family.defaults), when the family runs on this engine, and
-        the block size the checkpoint itself names (config.fim_block_size: SDAR's -b16 ...)."""
-        config = DecodeConfig(engine=self.kind)
-        family = self.lm.family
-        if family.kind != self.kind:
-            return config
-        defaults = dict(family.defaults)
-        block = getattr(self.model.config, "fim_block_size", None)
-        if block:
-            defaults["block_size"] = block
-        return config.replace(**defaults)
+        """The options a request starts from (`published_defaults` of this engine's model)."""
+        return published_defaults(self.kind, self.lm.family, self.lm.model.config)
 
     def warmup(self) -> float:
         """One tiny request, so the first user request pays no first-use cost; seconds taken."""
