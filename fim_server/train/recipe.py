@@ -216,7 +216,9 @@ class Batches:
     @torch.inference_mode()
     def distilled_rows(self) -> list:
         """Sequence-level distillation: the teacher (an AR engine) decodes each prompt greedily;
-        its middle, cut at its end token, is the target."""
+        its middle, cut at its end token, is the target. A middle the repetition guard cut ends
+        there too, so the student learns the guarded teacher's output (the loop's first copy,
+        then the end) rather than to stop without an end."""
         from fim_server.engine.types import InfillRequest
         from fim_server.wire.options import DecodeConfig
 
@@ -225,7 +227,7 @@ class Batches:
         splits = [self.sampler.split() for _ in range(cfg.batch)]
         rows = [self.teacher.start(InfillRequest(sp.prefix, sp.suffix), config) for sp in splits]
         self.teacher.decode(rows, config, None)
-        return [block_objective.block_row(list(r.prompt), r.ids + ([end] if r.stop_reason == "end" else []),
+        return [block_objective.block_row(list(r.prompt), r.ids + ([end] if r.stop_reason in ("end", "repeat") else []),
                                           end, cfg.block_size) for r in rows]
 
 
