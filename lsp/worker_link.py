@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 from fim_server.wire.addresses import is_loopback
 from fim_server.wire.client import RequestFailed, WorkerClient, WorkerUnavailable
 from fim_server.wire.protocol import ErrorCode, ResponseMsg
-from fim_server.wire.spawn import SpawnFailed, new_log, serve_command, spawn_async, stop_async
+from fim_server.wire.spawn import SpawnFailed, new_log, serve_command, spawn_async, spawn_threads, stop_async
 
 from .settings import Settings
 
@@ -39,18 +39,6 @@ PROBE_DEADLINE_S = 1.0
 PROBE_BACKOFF_S = (0.25, 0.5, 1.0, 2.0)      # waits between probes while down; the last repeats
 RESPAWN_AFTER_S = 30.0                        # at most one spawn attempt per this interval
 SPAWNED_IDLE_EXIT_S = 30 * 60                 # a spawned worker unused this long exits (and frees ~400 MB)
-
-
-def spawn_threads(setting: int) -> int:
-    """Torch threads of a worker this server starts: `worker.threads`, or for 0 half the CPUs
-    this process may use, at least one. The worker shares the machine with the editor: torch's
-    own default (every core) makes each op wait for a core someone else holds. The bundled model
-    on 2 cores shared with other work: 1.4x slower per forward through the worker with 2 threads
-    than with 1, and several times slower in one process (bench/latency_breakdown.py, README)."""
-    if setting:
-        return setting
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // 2)
 
 
 class WorkerLink:

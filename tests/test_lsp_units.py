@@ -441,3 +441,21 @@ def test_frames_are_read_as_they_are():
 def test_a_wrong_content_length_costs_its_own_frame_only(broken):
     later = [{"id": 2}, {"id": 3, "params": "x" * 1000}]
     assert read_by_pygls(broken + b"".join(lsp_frame(m) for m in later)) == later
+
+
+async def test_the_http_front_end_spawns_its_worker_with_the_same_thread_cap(monkeypatch):
+    """Both front-ends start a worker on half the CPUs unless told otherwise (wire.spawn.spawn_threads)."""
+    import fim_server.http.worker as http_worker
+    from fim_server.http.config import HttpConfig
+    from fim_server.wire.spawn import SpawnFailed, spawn_threads
+
+    asked = []
+
+    async def fake_spawn(address, log, **kwargs):
+        asked.append(kwargs["threads"])
+        raise SpawnFailed("test")
+
+    monkeypatch.setattr(http_worker, "spawn_async", fake_spawn)
+    for setting in (0, 3):
+        await http_worker.WorkerLink(HttpConfig(threads=setting))._spawn()
+    assert asked == [spawn_threads(0), 3] and 1 <= asked[0] <= max(1, (os.cpu_count() or 1) // 2)

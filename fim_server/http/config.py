@@ -35,7 +35,7 @@ class HttpConfig:
     engine: Optional[str] = None              # of a worker it starts (None: the worker's default)
     model: Optional[str] = None               # of a worker it starts (None: the bundled model)
     ar_model: Optional[str] = None            # speculative verifier of a worker it starts
-    threads: int = 0                          # torch threads of a worker it starts
+    threads: int = 0                          # torch threads of a worker it starts (0: half the CPUs)
     curve_server_key: Optional[str] = None    # a CURVE worker: its public key file ...
     curve_secret_key: Optional[str] = None    # ... and this client's secret key file
     max_body_bytes: int = 8 * 1024 * 1024     # larger bodies get 413
@@ -87,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=ENGINES, default=None, help="engine of a worker it starts")
     p.add_argument("--model", default=None, help="model of a worker it starts (default: the bundled model)")
     p.add_argument("--ar-model", default=None, help="speculative verifier of a worker it starts")
-    p.add_argument("--threads", type=int, default=0, help="torch threads of a worker it starts")
+    p.add_argument("--threads", type=int, default=0, help="torch threads of a worker it starts (0: half the CPUs)")
     p.add_argument("--curve-server-key", default=None, metavar="FILE", help="a CURVE worker's public .key file")
     p.add_argument("--curve-secret-key", default=None, metavar="FILE", help="this client's .key_secret file")
     p.add_argument("--max-tokens", type=int, default=d.max_tokens,

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from fim_server.wire.client import RequestFailed, WorkerClient, WorkerUnavailable
 from fim_server.wire.protocol import ErrorCode, ResponseMsg
-from fim_server.wire.spawn import SpawnFailed, new_log, spawn_async, stop_async
+from fim_server.wire.spawn import SpawnFailed, new_log, spawn_async, spawn_threads, stop_async
 
 from .body import HttpError
 from .config import HttpConfig
@@ -132,7 +132,7 @@ class WorkerLink:
         log.warning("no worker answers at %s: starting one (log: %s)", c.connect, self.spawn_log)
         try:
             child = await spawn_async(c.connect, self.spawn_log, engine=c.engine, model=c.model,
-                                      ar_model=c.ar_model, threads=c.threads, parent_pid=os.getpid())
+                                      ar_model=c.ar_model, threads=spawn_threads(c.threads), parent_pid=os.getpid())
         except SpawnFailed as exc:
             log.error("the worker it started did not get ready (%s); see %s", exc.reason, self.spawn_log)
             self.state = "down"

@@ -46,6 +46,18 @@ def serve_command(address: str, *, engine: Optional[str] = None, model: Optional
     return [*cmd, *extra]
 
 
+def spawn_threads(setting: int) -> int:
+    """Torch threads of a worker a front-end (LSP or HTTP) starts: the setting, or for 0 half the
+    CPUs this process may use, at least one. The worker shares the machine with the editor: torch's
+    own default (every core) makes each op wait for a core someone else holds. The bundled model
+    on 2 cores shared with other work: 1.4x slower per forward through the worker with 2 threads
+    than with 1, and several times slower in one process (bench/latency_breakdown.py, README)."""
+    if setting:
+        return setting
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // 2)
+
+
 def child_env(threads: int = 0) -> dict[str, str]:
     """The environment of a spawned worker: OpenMP gets the same thread count as torch."""
     return {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
