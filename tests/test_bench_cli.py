@@ -220,6 +220,8 @@ def test_named_settings_compare_modes_that_are_no_grid():
                                           "diffusion unmask=eb eb_gamma=0.3", "speculative draft_length=8"]
     assert settings[3].request_options({"max_tokens": 16}) == {"max_tokens": 16, "unmask": "eb", "eb_gamma": 0.3}
     assert settings[4].options == (("draft_length", 8),)
+    guard = parse_settings(["ar repetition_guard=false", "block repetition_guard=off"], {})
+    assert [s.options for s in guard] == [(("repetition_guard", False),)] * 2     # every engine has the guard
     bad = {"gpt": "engine", "ar threshold=0.5": "does not apply", "diffusion draft_length=4": "does not apply",
            "diffusion threshold": "OPTION=VALUE", "diffusion color=red": "not a decoding option",
            "diffusion threshold=2": "threshold", "diffusion unmask=greedy": "unmask"}
