@@ -294,10 +294,12 @@ class BlockEngine(PSM, Engine):
             end = self._end_at(settled)
             if end is not None:
                 row.ids += settled[:end]
-                self.cut_loop(row, config, new=end) or row.finish("end")
+                if not self.cut_loop(row, config, new=end):
+                    row.finish("end")
             elif config.single_line and self.line_complete(row.ids + settled):
                 row.ids += settled
-                self.cut_loop(row, config, new=len(settled)) or row.finish("line")
+                if not self.cut_loop(row, config, new=len(settled)):
+                    row.finish("line")
 
     def _settle(self, row: _Row, slots: list[int], config: DecodeConfig, steps: int) -> None:
         """The block is over for this row (all committed, or the step cap): its tokens join."""
