@@ -136,3 +136,16 @@ def test_excluded_projects_inside_the_corpus_are_skipped(tmp_path):
 def test_shingles_are_token_windows():
     assert shingles("a = b(c)", n=3) == [b"a = b", b"= b (", b"b ( c", b"( c )"]
     assert shingles("x", n=5) == []
+
+
+def test_stdlib_share_reweights_the_draws():
+    from fim_server.train.data import ExampleSampler, Source, stdlib_weighted
+
+    weights = stdlib_weighted([10, 30, 60], [True, False, False], 0.5)
+    assert weights[0] / sum(weights) == pytest.approx(0.5) and weights[1:] == [30, 60]
+    assert stdlib_weighted([10, 30], [True, False], 0.0) == [10, 30]          # off: by length
+    assert stdlib_weighted([10, 30], [False, False], 0.5) == [10, 30]        # no stdlib: unchanged
+    sources = [Source("a.py", "x = 1\n" * 20), Source("b.py", "y = 2\n" * 2000, package="pkg")]
+    sampler = ExampleSampler(sources, seed=0, window_chars=60, stdlib_share=0.5)
+    drawn = [sampler.window().startswith("x") for _ in range(2000)]
+    assert 0.45 < sum(drawn) / len(drawn) < 0.55

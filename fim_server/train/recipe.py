@@ -70,6 +70,7 @@ class TrainConfig:
     distill_from: str = ""           # block: an AR FIM model whose greedy middles become the targets
     bf16: bool = False               # bfloat16 autocast (CPUs with bf16 matrix units: AMX, avx512_bf16)
     corpus: str = ""                 # a package corpus fetched by `python -m fim_server.train.packages`
+    stdlib_share: float = 0.0        # share of training windows from the standard library (0: by length, ~6% of the corpus)
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -184,7 +185,8 @@ class Batches:
     def __init__(self, tok, sources, cfg: TrainConfig, seed: int, teacher=None):
         self.tok, self.cfg = tok, cfg
         self.sp = Specials(tok)
-        self.sampler = ExampleSampler(sources, seed, window_chars=WINDOW_CHARS_PER_TOKEN * cfg.seq_len)
+        self.sampler = ExampleSampler(sources, seed, window_chars=WINDOW_CHARS_PER_TOKEN * cfg.seq_len,
+                                      stdlib_share=cfg.stdlib_share)
         self.rng = random.Random(seed + 1)
         self.teacher = teacher
 
