@@ -27,7 +27,8 @@ from bench.machine import describe, one_line
 from bench.metrics import edit_similarity, exact_match
 from bench.repo_cases import SourceFile, sample_cases
 from bench.sandbox import score_humaneval_many
-from fim_server.wire.options import DecodeConfig, OptionError, apply, parse_text
+from bench.settings import parse_sweep
+from fim_server.wire.options import DecodeConfig
 from fim_server.train.data import collect_sources
 from fim_server.engine import InfillRequest, load_engine
 from fim_server.engine.postprocess import first_line
@@ -89,14 +90,6 @@ def evaluate(engine, cases, config, single: bool, oracle: bool, name: str) -> di
     return row
 
 
-def _option(text: str) -> tuple[str, object]:
-    """`name=value` from --set, the value parsed as the option's type."""
-    name, sep, value = text.partition("=")
-    if not sep:
-        raise ValueError(f"--set wants OPTION=VALUE, got {text!r}")
-    return name.strip(), parse_text(name.strip(), value.strip())
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dlm", default=None)
@@ -113,10 +106,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    base = DecodeConfig(max_tokens=64)
     try:
-        base = apply(base, dict(_option(text) for text in args.set))
-    except (OptionError, ValueError) as e:
+        chosen = parse_sweep(args.set, "--set")
+        if any(len(values) != 1 for values in chosen.values()):
+            raise ValueError("--set takes one value per option (OPTION=VALUE)")
+        base = DecodeConfig(max_tokens=64).replace(**{k: v[0] for k, v in chosen.items()})
+    except ValueError as e:
         p.error(str(e))
     wanted = [e.strip() for e in args.engines.split(",") if e.strip()]
     engines = {"ar": load_engine("ar", args.ar)}

@@ -66,17 +66,18 @@ def _parse_value(option: str, text: str, flag: str) -> Any:
         raise ValueError(f"{flag} {exc}") from None
 
 
-def parse_sweep(specs: list[str]) -> dict[str, list[Any]]:
-    """["threshold=0.5,0.9", "cache=none,dual"] -> {"threshold": [0.5, 0.9], "cache": ["none", "dual"]}"""
+def parse_sweep(specs: list[str], flag: str = "--sweep") -> dict[str, list[Any]]:
+    """["threshold=0.5,0.9", "cache=none,dual"] -> {"threshold": [0.5, 0.9], "cache": ["none", "dual"]};
+    errors name `flag` (bench.model_eval's --set parses its OPTION=VALUE pairs here too)."""
     sweep: dict[str, list[Any]] = {}
     for spec in specs:
         raw, sep, values = spec.partition("=")
         if not sep or not values.strip():
-            raise ValueError(f"--sweep {spec!r}: write OPTION=VALUE,VALUE,...")
-        option = _option(raw, "--sweep")
+            raise ValueError(f"{flag} {spec!r}: write OPTION=VALUE,VALUE,...")
+        option = _option(raw, flag)
         if option in sweep:
-            raise ValueError(f"--sweep {option} given twice")
-        sweep[option] = [_parse_value(option, v, "--sweep") for v in values.split(",") if v.strip()]
+            raise ValueError(f"{flag} {option} given twice")
+        sweep[option] = [_parse_value(option, v, flag) for v in values.split(",") if v.strip()]
     return sweep
 
 
