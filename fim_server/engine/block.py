@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from transformers import DynamicCache
 
 from fim_server.models.loader import LoadedModel, takes_logits_to_keep
 from fim_server.wire.options import DecodeConfig, OptionError
@@ -40,7 +39,7 @@ from .base import PSM, Engine, RowState, Timing
 from .batching import pad_batch
 from .layout import fit_context
 from .lossless import decode_lossless
-from .kv import RowKV
+from .kv import RowKV, new_cache
 from .prefix_store import PrefixStore, prefill_inputs, remember_prompts
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
 from .unmask import propose_tokens, selector
@@ -88,7 +87,7 @@ class BlockCache:
         remember_prompts(self.engine.kv_store, rows, self.cache, mask)
 
     def _prefill_aligned(self, rows: list[_Row], block_size: int) -> None:
-        self.cache = DynamicCache(config=self.lm.model.config)
+        self.cache = new_cache(self.lm.model.config)
         engine = self.engine
         cut = [len(r.prompt) - len(t) for r, t in zip(rows, engine.tails(rows, block_size))]
         ids, valid = pad_batch([r.prompt[:n] for r, n in zip(rows, cut)], engine.ids.pad, self.lm.device, left=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from transformers import DynamicCache
 
 from fim_server.models.loader import LoadedModel, takes_logits_to_keep
 from fim_server.wire.options import DecodeConfig
@@ -22,7 +21,7 @@ from fim_server.wire.options import DecodeConfig
 from .base import Engine, Timing
 from .batching import pad_batch
 from .canvas import Canvas
-from .kv import RowKV, assemble, rope_inv_freq, shift_keys
+from .kv import RowKV, assemble, new_cache, rope_inv_freq, shift_keys
 from .layout import fit_context
 from .prefix_store import PrefixStore
 from .repetition import loop_cut
@@ -208,7 +207,7 @@ class DiffusionEngine(Engine):
         document's previous request (row.past: lead[:n]); those sit in the cache's first slots."""
         layouts = [r.layout() for r in rows]
         skip = [r.past.length if r.past is not None else 0 for r in rows]
-        cache, key_valid, width = DynamicCache(config=self.model.config) if capture else None, None, 0
+        cache, key_valid, width = new_cache(self.model.config) if capture else None, None, 0
         if any(skip):
             base = next(r.past for r in rows if r.past is not None)
             cache, key_valid = assemble([r.past or RowKV.empty_like(base) for r in rows], self.model.config)

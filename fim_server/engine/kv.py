@@ -1,8 +1,13 @@
-"""Per-row KV cache for block reuse.
+"""KV caches: the engines' growing cache, and per-row KV for block reuse.
+
+`new_cache` is the cache every engine decodes over: a DynamicCache whose full-attention layers
+write new positions into room reserved ahead (gpt-fast's KVCache, without a fixed maximum)
+instead of concatenating, so a step copies its own queries' keys and values, not the whole
+cache, and dropping positions (crop) copies nothing.
 
 Each row of a batch keeps its own cached keys/values (the positions outside its active query
 range), so a row's cache never depends on what other rows in the batch are doing: batch 1 and
-batch N decode the same. A step stacks the rows' caches into one padded DynamicCache.
+batch N decode the same. A step stacks the rows' caches into one padded cache.
 Keys are stored after RoPE (as transformers caches them), so only the queries need positions.
 """
 
@@ -13,6 +18,92 @@ from typing import Optional
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+class ReservedLayer(DynamicLayer):
+    """One layer's keys and values in buffers [B, H, room, D] with spare room at the end; `keys`
+    and `values` are views of the first `length` positions. Writing in place means a view handed
+    out earlier may later show other positions: whoever keeps KV past a step clones it
+    (RowKV.capture does)."""
+
+    SPARE = 256                                   # positions reserved beyond the first fill
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self.length = 0
+        self.buffers: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new positions [B, H, q, D] after the cached ones; return all of them."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if self.buffers is None or end > self.buffers[0].shape[-2]:
+            self._grow(key_states, value_states, end)
+        keys, values = self.buffers
+        keys[..., self.length:end, :] = key_states
+        values[..., self.length:end, :] = value_states
+        self._view(end)
+        return self.keys, self.values
+
+    def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, need: int) -> None:
+        """New buffers with room for `need` positions and more (a quarter, at least SPARE); the
+        cached positions are copied over."""
+        room = need + max(self.SPARE, need // 4)
+        fresh = []
+        for old, new in ((self.keys, key_states), (self.values, value_states)):
+            buffer = new.new_empty((*new.shape[:-2], room, new.shape[-1]))
+            if self.length:
+                buffer[..., :self.length, :] = old
+            fresh.append(buffer)
+        self.buffers = (fresh[0], fresh[1])
+
+    def _view(self, length: int) -> None:
+        self.length = length
+        self.keys = self.buffers[0][..., :length, :]
+        self.values = self.buffers[1][..., :length, :]
+
+    def get_seq_length(self) -> int:
+        return self.length if self.is_initialized else 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drop the last -tokens_to_remove positions (a negative count, as DynamicLayer takes)."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop takes a negative count of positions to drop, got {tokens_to_remove}")
+        if tokens_to_remove and self.is_initialized:
+            self._view(max(0, self.length + tokens_to_remove))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep batch rows `indices`: one copy of the buffers."""
+        if self.is_initialized and self.buffers is not None:
+            self.buffers = (self.buffers[0][indices], self.buffers[1][indices])
+            self._view(self.length)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized and self.buffers is not None:
+            self.buffers = (self.buffers[0].repeat_interleave(repeats, dim=0),
+                            self.buffers[1].repeat_interleave(repeats, dim=0))
+            self._view(self.length)
+
+    def reset(self) -> None:
+        super().reset()                               # drops keys and values, is_initialized = False
+        self.buffers, self.length = None, 0
+
+
+def new_cache(config, data: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None) -> DynamicCache:
+    """An empty cache for `config`'s model (or filled with per-layer (keys, values) [B, H, K, D],
+    copied), whose full-attention layers are ReservedLayers; other layer kinds (sliding windows)
+    stay as transformers builds them."""
+    cache = DynamicCache(config=config)
+    cache.layers = [ReservedLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    for layer, (keys, values) in zip(cache.layers, data or []):
+        layer.update(keys, values)
+    return cache
 
 
 @dataclass
@@ -43,9 +134,9 @@ class RowKV:
 
 def _stack(parts: list[torch.Tensor], kmax: int, left_pad: bool) -> torch.Tensor:
     """Per-row [H, K, D] -> [B, H, Kmax, D], zero-padded. Runs at every cached step for every
-    layer's keys and values, so a lone row that needs no padding is a view, not a copy (a
-    DynamicCache grows by concatenation and never writes into the tensors it is given); any
-    other batch costs one copy."""
+    layer's keys and values, so a lone row that needs no padding is a view, not a copy (new_cache
+    copies it into its own buffers and never writes into the tensors it is given); any other
+    batch costs one more copy."""
     if len(parts) == 1 and parts[0].shape[1] == kmax:
         return parts[0][None]
     heads, _, dim = parts[0].shape
@@ -73,7 +164,7 @@ def assemble(rows: list[RowKV], config, left_pad: bool = False) -> tuple[Dynamic
             valid[b, kmax - r.length:] = True
         else:
             valid[b, :r.length] = True
-    return DynamicCache(ddp_cache_data=data, config=config), valid
+    return new_cache(config, data), valid
 
 
 def rope_inv_freq(model) -> Optional[torch.Tensor]:

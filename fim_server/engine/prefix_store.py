@@ -24,7 +24,7 @@ from transformers import DynamicCache
 from fim_server.lru import LRU
 
 from .batching import left_pad
-from .kv import RowKV, assemble
+from .kv import RowKV, assemble, new_cache
 
 
 @dataclass
@@ -86,7 +86,7 @@ def prefill_inputs(prompts: list[list[int]], pasts: list[Optional[RowKV]], pad: 
     reused = [p.length if p is not None else 0 for p in pasts]
     input_ids, mask, positions = left_pad([p[n:] for p, n in zip(prompts, reused)], pad, device)
     if not any(reused):
-        return input_ids, mask, positions, DynamicCache(config=config)
+        return input_ids, mask, positions, new_cache(config)
     some = next(p for p in pasts if p is not None)
     cache, past_valid = assemble([p if p is not None else RowKV.empty_like(some) for p in pasts],
                                  config, left_pad=True)                                 # [B, C]
