@@ -18,6 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from bench.machine import describe, one_line
@@ -74,24 +75,28 @@ def main() -> None:
                                                          "lossless mode (verified drafts)")
     p.add_argument("--skip-canvas", action="store_true", help="leave out the canvas diffusion settings")
     p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: by device)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--out", default="bench/results/engine.json")
     args = p.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cases = held_out_cases(args.n, args.seed)
-    ar = load_engine("ar", args.ar_model, device=args.device)
+    ar = load_engine("ar", args.ar_model, device=args.device, dtype=args.dtype)
     engines = {"ar": ar}
     base = DecodeConfig(max_tokens=args.max_tokens, threshold=args.threshold)
     runs = []                                   # (engine, config, name), the AR baseline last
     if not args.skip_canvas:
-        engines["diffusion"] = dlm = load_engine("diffusion", args.model, device=args.device)
+        engines["diffusion"] = dlm = load_engine("diffusion", args.model, device=args.device, dtype=args.dtype)
         runs += [(dlm, base.replace(cache="none"), "diffusion/none"),
                  (dlm, base.replace(cache="prefix"), "diffusion/prefix"),
                  (dlm, base.replace(cache="dual", kv_shift=False), "diffusion/dual"),
                  (dlm, base.replace(cache="dual", kv_shift=True), "diffusion/dual+shift")]
     if args.block_model or (bundled_path("block") / "config.json").exists():
-        engines["block"] = blk = load_engine("block", args.block_model, device=args.device)
+        engines["block"] = blk = load_engine("block", args.block_model, device=args.device, dtype=args.dtype)
         runs += [(blk, base.replace(engine="block", block_size=int(b)), f"block/b{int(b)}")
                  for b in args.block_sizes.split(",")]
         runs += [(blk, base.replace(engine="block", block_size=int(b), lossless=True), f"lossless/b{int(b)}")
@@ -101,7 +106,7 @@ def main() -> None:
         engine.warmup()
     results = [run_setting(engine, cases, config, name) for engine, config, name in runs]
     machine = describe(str(ar.lm.device))
-    report = {"machine": machine, "models": {k: e.lm.source for k, e in engines.items()},
+    report = {"machine": machine, "dtype": str(ar.lm.dtype), "models": {k: e.lm.source for k, e in engines.items()},
               "config": base.to_dict(), "n_cases": len(cases), "results": results}
     print(f"\nmachine: {one_line(machine)}   cases: {len(cases)} held-out stdlib middles\n")
     print(f"{'setting':<22}{'NFE':>7}{'tok/fwd':>9}{'ms/fwd':>8}{'p50 ms':>9}{'p95 ms':>9}{'EM':>7}{'ES':>7}")
