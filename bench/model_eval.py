@@ -104,6 +104,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
                    help="a decoding option for every setting (repeatable), e.g. repetition_guard=off")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: by device)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     try:
@@ -114,17 +115,17 @@ def main() -> None:
     except ValueError as e:
         p.error(str(e))
     wanted = [e.strip() for e in args.engines.split(",") if e.strip()]
-    engines = {"ar": load_engine("ar", args.ar)}
+    engines = {"ar": load_engine("ar", args.ar, dtype=args.dtype)}
     if {"diffusion", "oracle"} & set(wanted):
-        engines["diffusion"] = load_engine("diffusion", args.dlm)
+        engines["diffusion"] = load_engine("diffusion", args.dlm, dtype=args.dtype)
     if {"block", "lossless"} & set(wanted):
-        engines["block"] = load_engine("block", args.block)
+        engines["block"] = load_engine("block", args.block, dtype=args.dtype)
     settings = {"ar": ("ar", {"engine": "ar"}, False, "ar"),
                 "diffusion": ("diffusion", {}, False, "diffusion"),
                 "oracle": ("diffusion", {}, True, "diffusion + oracle length"),
                 "block": ("block", {"engine": "block", "block_size": 4}, False, "block (b4, threshold 0.9)"),
                 "lossless": ("block", {"engine": "block", "block_size": 4, "lossless": True}, False, "block lossless (b4)")}
-    report = {"machine": describe(str(engines["ar"].lm.device)),
+    report = {"machine": describe(str(engines["ar"].lm.device)), "dtype": str(engines["ar"].lm.dtype),
               "models": {k: e.lm.source for k, e in engines.items()}, "options": args.set, "suites": {}}
     found = suites(args.held, args.humaneval_limit, args.humaneval_multi_limit, args.seed,
                    Path(args.corpus) if args.corpus else None)

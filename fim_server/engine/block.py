@@ -52,7 +52,7 @@ class _Row(RowState):
     prompt: list[int]                               # PSM prompt ids
     stats: Stats
     ids: list[int] = field(default_factory=list)    # the middle: tokens of settled blocks (end excluded)
-    nfe: int = 0                                    # forwards in which this row had masks to fill
+    nfe: int = 0                                    # forwards: the prefill and the steps with masks to fill
     stop_reason: str = ""
     span: tuple[int, int] = (0, 0)                  # the active block's slots this row fills (after its tail)
     key: str = ""                                   # document key for cross-request KV reuse
@@ -85,6 +85,8 @@ class BlockCache:
         self.next_pos = positions[:, -1] + 1                       # [B] position of the first uncached token
         self.first = logits[:, -1]
         remember_prompts(self.engine.kv_store, rows, self.cache, mask)
+        for row in rows:
+            row.nfe += 1                                           # the prefill is a forward, as the AR engine counts it
 
     def _prefill_aligned(self, rows: list[_Row], block_size: int) -> None:
         self.cache = new_cache(self.lm.model.config)
@@ -98,6 +100,8 @@ class BlockCache:
             logits, _ = self.lm.forward(self.cache, input_ids=ids, attention_mask=self._prefill_mask(positions, block_size),
                                         position_ids=positions, use_cache=True, **engine.keep_last)
             self.first = logits[:, -1]
+            for row in rows:
+                row.nfe += 1
 
     def _prefill_mask(self, positions: torch.Tensor, block_size: int) -> torch.Tensor:
         """[B, 1, T, T] bool, block-causal on each row's own positions: a prompt token sees its own

@@ -125,6 +125,7 @@ class _Round:
         logits, _ = self.lm.forward(self.cache, input_ids=ids, attention_mask=mask, position_ids=positions,
                                     use_cache=True, **self.engine.keep_last)
         remember_prompts(self.engine.kv_store, [row], self.cache, mask)
+        row.nfe += 1                                     # the prefill counts, as in the AR and block engines
         self.pos = len(row.prompt)
         return logits[0, -1].float().masked_fill(self.engine.banned, float("-inf"))
 
