@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from fim_server.models import FAMILIES, load_model
 from fim_server.models.random_init import build_random_checkpoint
@@ -78,3 +79,24 @@ def test_forwards_use_the_cache_argument_this_transformers_takes(tmp_path, name)
                                DecodeConfig(engine=fam.kind, max_tokens=4, length="fixed"))[0]
     assert result.stats.nfe > 0
     assert engine.cached_documents() == 1          # the prompt KV came back out of the forward
+
+
+def test_auto_dtype_takes_bfloat16_only_on_a_cpu_with_bf16_units(tmp_path, monkeypatch):
+    from fim_server.models import loader
+
+    with_units = tmp_path / "with"
+    with_units.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
+    without = tmp_path / "without"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert loader.cpu_has_bf16_units(str(with_units))
+    assert not loader.cpu_has_bf16_units(str(without))
+    assert not loader.cpu_has_bf16_units(str(tmp_path / "missing"))
+
+    cpu, read = torch.device("cpu"), loader.cpu_has_bf16_units
+    for path, want in ((with_units, torch.bfloat16), (without, torch.float32)):
+        monkeypatch.setattr(loader, "cpu_has_bf16_units", lambda path=path: read(str(path)))
+        assert loader.pick_dtype(cpu, "auto") == want
+    assert loader.pick_dtype(cpu) == torch.float32                      # the default is unchanged
+    assert loader.pick_dtype(cpu, "float32") == torch.float32
+    with pytest.raises(ValueError, match="auto"):
+        loader.pick_dtype(cpu, "float8")

@@ -76,13 +76,29 @@ def pick_device(device: Optional[str] = None) -> torch.device:
     return dev
 
 
+def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU multiplies bfloat16 natively (avx512_bf16 or AMX); elsewhere torch
+    emulates it, slower than float32. Linux flags; False where they cannot be read."""
+    try:
+        flags = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
 def pick_dtype(device: torch.device, dtype: Optional[str] = None) -> torch.dtype:
+    """The dtype asked for; by default bfloat16 (or float16) on CUDA and float32 on the CPU.
+    "auto" also takes bfloat16 on a CPU with bf16 units (`cpu_has_bf16_units`)."""
+    if dtype == "auto":
+        if device.type == "cpu":
+            return torch.bfloat16 if cpu_has_bf16_units() else torch.float32
+        dtype = None
     if dtype:
         table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                  "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
                  "float64": torch.float64}
         if dtype not in table:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(table)}")
+            raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(table)}")
         return table[dtype]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
