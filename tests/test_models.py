@@ -81,7 +81,7 @@ def test_forwards_use_the_cache_argument_this_transformers_takes(tmp_path, name)
     assert engine.cached_documents() == 1          # the prompt KV came back out of the forward
 
 
-def test_auto_dtype_takes_bfloat16_only_on_a_cpu_with_bf16_units(tmp_path, monkeypatch):
+def test_default_dtype_takes_bfloat16_only_on_a_cpu_with_bf16_units(tmp_path, monkeypatch):
     from fim_server.models import loader
 
     with_units = tmp_path / "with"
@@ -96,7 +96,7 @@ def test_auto_dtype_takes_bfloat16_only_on_a_cpu_with_bf16_units(tmp_path, monke
     for path, want in ((with_units, torch.bfloat16), (without, torch.float32)):
         monkeypatch.setattr(loader, "cpu_has_bf16_units", lambda path=path: read(str(path)))
         assert loader.pick_dtype(cpu, "auto") == want
-    assert loader.pick_dtype(cpu) == torch.float32                      # the default is unchanged
+        assert loader.pick_dtype(cpu) == want                           # auto is the default
     assert loader.pick_dtype(cpu, "float32") == torch.float32
     with pytest.raises(ValueError, match="auto"):
         loader.pick_dtype(cpu, "float8")
