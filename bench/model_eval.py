@@ -41,13 +41,16 @@ def evenly(cases: list, limit: int) -> list:
 
 
 def suites(n_held: int, he_limit: int, he_multi_limit: int, seed: int, corpus: Path | None = None) -> dict:
-    _, held, _ = collect_sources(corpus=corpus)
-    sources = [SourceFile(s.path, s.text) for s in held]
-    found = {
-        "held-out single-line": sample_cases(sources, n_held, seed, kinds=("line",), suite="held-single"),
-        "held-out multi-line": sample_cases(sources, n_held, seed + 1, kinds=("block", "ast"), suite="held-multi"),
-        "humaneval single-line": evenly(load_humaneval_infilling(multi_line=False), he_limit),
-    }
+    """The suites by name; n_held = 0 leaves the held-out ones out, he_multi_limit = 0 the
+    HumanEval multi-line one."""
+    found = {}
+    if n_held:
+        _, held, _ = collect_sources(corpus=corpus)
+        sources = [SourceFile(s.path, s.text) for s in held]
+        found["held-out single-line"] = sample_cases(sources, n_held, seed, kinds=("line",), suite="held-single")
+        found["held-out multi-line"] = sample_cases(sources, n_held, seed + 1, kinds=("block", "ast"),
+                                                    suite="held-multi")
+    found["humaneval single-line"] = evenly(load_humaneval_infilling(multi_line=False), he_limit)
     if he_multi_limit:
         found["humaneval multi-line"] = evenly(load_humaneval_infilling(multi_line=True), he_multi_limit)
     return found
@@ -98,7 +101,7 @@ def main() -> None:
     p.add_argument("--engines", default="ar,diffusion,oracle",
                    help="comma-separated settings: ar, diffusion, oracle, block, lossless")
     p.add_argument("--corpus", default=None, help="a fetched package corpus: its held-out packages join the suites")
-    p.add_argument("--held", type=int, default=200)
+    p.add_argument("--held", type=int, default=200, help="cases per held-out suite (0 = leave them out)")
     p.add_argument("--humaneval-limit", type=int, default=0, help="0 = all 1033")
     p.add_argument("--humaneval-multi-limit", type=int, default=0, help="0 = leave the multi-line suite out")
     p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
@@ -130,6 +133,8 @@ def main() -> None:
     found = suites(args.held, args.humaneval_limit, args.humaneval_multi_limit, args.seed,
                    Path(args.corpus) if args.corpus else None)
     for suite, cases in found.items():
+        if not cases:
+            raise SystemExit(f"model_eval: the {suite} suite has no cases (too few held-out files?)")
         single = "single" in suite
         cfg = base.replace(single_line=single)
         rows = []
