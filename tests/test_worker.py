@@ -23,6 +23,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
+import torch
 import zmq
 
 from fim_server.wire.client import RequestFailed, WorkerClient, WorkerUnavailable
@@ -165,6 +166,8 @@ async def test_response_stats_and_status_cli(worker, client):
                 "engine", "warmup_ms", "uptime_s"):
         assert key in stats, key
     assert stats["served"] >= 1 and stats["latency_ms"]["p50"] is not None
+    from fim_server.models.loader import pick_dtype                    # the CPU default: auto
+    assert stats["dtype"] == str(pick_dtype(torch.device("cpu"))).removeprefix("torch.")
 
 
 def test_complete_cli_uses_the_worker(worker, tmp_path):

@@ -440,6 +440,6 @@ def serve(options: WorkerOptions, model: str, kind: str, device: Optional[str] =
         worker.close()
         raise
     info = {"model": engine.lm.source, "family": engine.lm.family.name, "device": str(engine.lm.device),
-            "engine": kind, "random_weights": random_weights, "load_ms": round(load_ms, 1),
+            "dtype": str(engine.lm.dtype).removeprefix("torch."), "engine": kind, "random_weights": random_weights, "load_ms": round(load_ms, 1),
             "warmup_ms": round(warmup_ms, 1), "context_tokens": engine.lm.context_tokens}
     return worker.run(engine, info, engine.default_config())
