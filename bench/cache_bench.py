@@ -89,14 +89,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     cases = held_out_cases(args.n, args.seed)
     base = dict(max_tokens=args.max_tokens, kv_reuse=False)
+    block = load_engine("block")
     settings = [("ar", load_engine("ar"), DecodeConfig(engine="ar", **base)),
-                ("block/b4", load_engine("block"), DecodeConfig(engine="block", block_size=4, **base)),
-                ("lossless/b4", None, DecodeConfig(engine="block", block_size=4, lossless=True, **base))]
+                ("block/b4", block, DecodeConfig(engine="block", block_size=4, **base)),
+                ("lossless/b4", block, DecodeConfig(engine="block", block_size=4, lossless=True, **base))]
     if not args.skip_canvas:
         settings.append(("diffusion/dual+shift", load_engine("diffusion"), DecodeConfig(engine="diffusion", **base)))
     results = []
     for name, engine, config in settings:
-        engine = engine or settings[1][1]
         results.append(compare(engine, cases, config, name))
         r = results[-1]
         print(f"{name:22s} ms/fwd {r['reserved']['ms_per_forward']:7.2f} vs {r['dynamic']['ms_per_forward']:7.2f} "

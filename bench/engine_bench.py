@@ -75,7 +75,7 @@ def main() -> None:
                                                          "lossless mode (verified drafts)")
     p.add_argument("--skip-canvas", action="store_true", help="leave out the canvas diffusion settings")
     p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: by device)")
+    p.add_argument("--dtype", default=None, help="as fim-server's --dtype (default: auto)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--threshold", type=float, default=0.9)

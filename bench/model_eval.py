@@ -107,7 +107,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
                    help="a decoding option for every setting (repeatable), e.g. repetition_guard=off")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: by device)")
+    p.add_argument("--dtype", default=None, help="as fim-server's --dtype (default: auto)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     try:

@@ -269,12 +269,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train.main(args)
 
 
+DTYPE_HELP = ("auto | float32 | bfloat16 | float16 (default auto: bfloat16 on CUDA and on a CPU with bf16 units, "
+              "float32 on other CPUs)")
+
+
 def add_decode_options(p: argparse.ArgumentParser) -> None:
     """The model flags and a flag per decoding option (wire.options.add_arguments)."""
     p.add_argument("--model", default=None, help="local directory or hub id (default: the bundled model)")
     p.add_argument("--family", default=None, help="model family when it cannot be detected")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when present)")
-    p.add_argument("--dtype", default=None, help="auto | float32 | bfloat16 | float16 (default auto: bfloat16 on CUDA and on a CPU with bf16 units, float32 on other CPUs)")
+    p.add_argument("--dtype", default=None, help=DTYPE_HELP)
     p.add_argument("--ar-model", default=None, help="speculative: the AR verifier (default: the bundled AR twin)")
     add_arguments(p)
 
@@ -307,7 +311,7 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--ar-model", default=None, help="speculative: the AR verifier (default: the bundled AR twin)")
     p.add_argument("--family", default=None, help="model family when it cannot be detected")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when present)")
-    p.add_argument("--dtype", default=None, help="auto | float32 | bfloat16 | float16 (default auto: bfloat16 on CUDA and on a CPU with bf16 units, float32 on other CPUs)")
+    p.add_argument("--dtype", default=None, help=DTYPE_HELP)
     p.add_argument("--bind", default=DEFAULT_ADDRESS,
                    help="tcp://127.0.0.1:PORT or ipc://PATH; other addresses need CURVE keys")
     p.add_argument("--max-batch", type=int, default=8, help="requests decoded together at most")

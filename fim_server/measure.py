@@ -10,14 +10,26 @@ from pathlib import Path
 from typing import Optional
 
 
-def cpu_model() -> str:
+def _cpuinfo(path: str = "/proc/cpuinfo") -> str:
+    """The kernel's CPU description (Linux); "" where it cannot be read."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        return Path(path).read_text(errors="replace")
     except OSError:
-        pass
+        return ""
+
+
+def cpu_model() -> str:
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU multiplies bfloat16 natively (avx512_bf16 or AMX); elsewhere torch
+    emulates it, slower than float32. Linux flags; False where they cannot be read."""
+    flags = _cpuinfo(cpuinfo).split()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def describe(device: str = "cpu") -> dict:

@@ -58,7 +58,7 @@ class ReservedLayer(DynamicLayer):
             if self.length:
                 buffer[..., :self.length, :] = old
             fresh.append(buffer)
-        self.buffers = (fresh[0], fresh[1])
+        self.buffers = tuple(fresh)
 
     def _view(self, length: int) -> None:
         self.length = length

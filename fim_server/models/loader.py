@@ -15,6 +15,8 @@ import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig,
                           PreTrainedTokenizerBase)
 
+from fim_server.measure import cpu_has_bf16_units
+
 from .family import Family, TokenIds, detect_family, resolve_tokens
 from .layouts import Layout, find_layout, unsupported_message
 from .published import needs_remote_code, read_raw_config
@@ -74,16 +76,6 @@ def pick_device(device: Optional[str] = None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA device is available")
     return dev
-
-
-def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether the CPU multiplies bfloat16 natively (avx512_bf16 or AMX); elsewhere torch
-    emulates it, slower than float32. Linux flags; False where they cannot be read."""
-    try:
-        flags = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def pick_dtype(device: torch.device, dtype: Optional[str] = None) -> torch.dtype:
