@@ -10,6 +10,7 @@ import torch
 from transformers import DynamicCache
 
 from fim_server.engine.block import BlockEngine
+from fim_server.engine.lossless import lookup_draft, text_order
 from fim_server.engine.types import InfillRequest
 from fim_server.models import load_model
 from fim_server.models.loader import bundled_path
@@ -59,15 +60,44 @@ def greedy_reference(engine, req, max_tokens: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("block", [1, 4, 8])
-def test_lossless_equals_greedy_left_to_right_on_real_files(engine, references, block):
-    config = DecodeConfig(engine="block", max_tokens=20, block_size=block, lossless=True, repetition_guard=False)
+@pytest.mark.parametrize("block,lookup", [(1, 0), (4, 0), (8, 0), (1, 8), (4, 8)])
+def test_lossless_equals_greedy_left_to_right_on_real_files(engine, references, block, lookup):
+    config = DecodeConfig(engine="block", max_tokens=20, block_size=block, lossless=True, repetition_guard=False,
+                          lookup=lookup)
     cases = real_cases()
     results = engine.infill(cases, config)
     for req, got in zip(cases, results):
         assert got.token_ids == references[req.id], req.id
-    if block > 1:      # agreeing drafts: fewer forwards than tokens over the set
+    if block > 1 or lookup:      # agreeing drafts: fewer forwards than tokens over the set
         assert sum(r.stats.nfe for r in results) < sum(len(r.token_ids) for r in results)
+
+
+def test_lookup_drafts_save_forwards_where_the_document_repeats_itself(engine):
+    """A middle that copies a line of its prefix: the lookup draft proposes it and one round
+    verifies it, the output staying the greedy one."""
+    line = "        total = total + weights[index] * values[index]\n"
+    prefix = "def dot(weights, values):\n    total = 0\n    for index in range(len(values)):\n" + line
+    req = InfillRequest(prefix + "    for index in range(len(values)):\n", "    return total\n", "copy")
+    config = DecodeConfig(engine="block", max_tokens=20, block_size=4, lossless=True, repetition_guard=False)
+    plain, looked = (engine.infill([req], config.replace(lookup=n))[0] for n in (0, 8))
+    assert looked.token_ids == plain.token_ids == greedy_reference(engine, req, 20)
+    assert looked.stats.nfe < plain.stats.nfe
+
+
+def test_lookup_draft_follows_the_latest_longest_match():
+    doc = [5, 6, 7, 1, 2, 9, 9, 5, 6, 8, 3, 5, 6]
+    assert lookup_draft(doc, 2) == [8, 3]                 # (5, 6) last recurs at 7: what followed it
+    assert lookup_draft(doc + [8], 3) == [3, 5, 6]        # (5, 6, 8) beats the shorter (6, 8), (8)
+    assert lookup_draft([1, 2, 3, 4], 4) == []            # nothing recurs
+    assert lookup_draft(doc, 0) == []
+    assert lookup_draft([4, 1, 2, 4], 8) == [1, 2, 4]     # a one-token match, cut at the end
+
+
+def test_text_order_puts_the_cursor_at_the_end(engine):
+    ids = engine.ids
+    prompt = [ids.fim_prefix, 10, 11, ids.fim_suffix, 20, 21, ids.fim_middle]
+    assert text_order(prompt, ids) == [20, 21, 10, 11]
+    assert text_order([10, 11], ids) == [10, 11]
 
 
 def test_batch_equals_one_at_a_time(engine):

@@ -19,6 +19,13 @@ dropped and the next round drafts again after the correction. The KV of the kept
 in the cache; the rest is cropped. The prompt's KV is kept per document, as the AR and block
 engines keep theirs, so a follow-up request computes only the prompt tokens after the shared lead.
 
+When a round has no draft (the first round, and the round after a correction), prompt lookup
+drafts one instead (config.lookup tokens at most; Saxena's prompt lookup decoding): the tokens
+that followed the latest earlier occurrence of the last one to three tokens, searched in the
+document (suffix, then prefix, then the middle so far, so that the search ends at the cursor).
+Code repeats its names and lines, so such drafts are often right; a wrong one costs only its
+query slots, as verification keeps the output the greedy one either way.
+
 Unshifted models (logit i predicts token i) make no causal next-token prediction, so they
 have no lossless mode here. Rows are decoded one at a time: their acceptance lengths differ,
 so their caches would not stay aligned.
@@ -45,6 +52,33 @@ def decode_lossless(engine, rows: list, config: DecodeConfig, poll: Callable[[],
             _Round(engine, row, config).run(poll)
 
 
+def text_order(prompt: list[int], ids) -> list[int]:
+    """A PSM prompt `... <pre> P <suf> S <mid>` (ids: the family's TokenIds) as S + P, so that
+    the end of the result is the text just before the cursor; the prompt as it is when it
+    lacks one of the three FIM tokens."""
+    marks = (ids.fim_prefix, ids.fim_suffix, ids.fim_middle)
+    if any(m is None or m not in prompt for m in marks):
+        return list(prompt)
+    pre, suf, mid = (prompt.index(m) for m in marks)
+    return list(prompt[suf + 1:mid]) + list(prompt[pre + 1:suf])
+
+
+def lookup_draft(tokens: list[int], length: int, longest: int = 3, shortest: int = 1) -> list[int]:
+    """Prompt lookup (as transformers' prompt_lookup_num_tokens): the `length` tokens that
+    followed the latest earlier occurrence of the last n tokens, n from `longest` down to
+    `shortest`; [] when none recurs or length <= 0."""
+    if length <= 0:
+        return []
+    for n in range(longest, shortest - 1, -1):
+        if len(tokens) <= n:
+            continue
+        tail = tokens[-n:]
+        for start in range(len(tokens) - n - 1, -1, -1):
+            if tokens[start:start + n] == tail:
+                return tokens[start + n:start + n + length]
+    return []
+
+
 class _Round:
     """One row's decoding state: the cache, the logits at its last cached position, the
     tokens accepted but not cached (fresh) and the draft to verify."""
@@ -58,6 +92,8 @@ class _Round:
         self.draft: list[int] = []
         self.pos = 0                                     # position of the first uncached token
         self.last = self._prefill(row)                   # [V] causal prediction after the cache
+        self.text_order = text_order(list(row.prompt), engine.ids)
+        self.draft = self._lookup()
 
     def run(self, poll) -> None:
         """Rounds until the row finishes; `poll` (between rounds) finishes it when cancelled."""
@@ -99,12 +135,20 @@ class _Round:
         self.pos += kept
         self.draft = next_draft
         self._accept(accepted)
+        if not self.draft and not self.row.done:
+            self.draft = self._lookup()
 
     def _draft(self, logits: torch.Tensor, verified: int, width: int) -> list[int]:
         """The masks' guesses (shifted: slot j from the position before it)."""
         before = self.last[None] if verified == 0 else logits[verified - 1:verified]
         slots = torch.cat([before, logits[verified:verified + width - 1]])     # [W, V]
         return slots.argmax(dim=-1).tolist()
+
+    def _lookup(self) -> list[int]:
+        """A draft by prompt lookup (config.lookup tokens at most, none when it is 0), from
+        the document in reading order with the middle so far at its end."""
+        room = min(self.config.lookup, self.config.max_tokens - len(self.row.ids) - 1)
+        return lookup_draft(self.text_order + self.row.ids, room)
 
     def _accept(self, tokens: list[int]) -> None:
         """Append accepted tokens to the middle with the engines' stop rules (Engine.take); what
