@@ -92,3 +92,13 @@ def test_speculative_refuses_twins_with_different_tokenizers(files, tmp_path):
     assert res.returncode == 2 and "one tokenizer" in res.stderr and "Traceback" not in res.stderr
     res = run("complete", "--prefix-file", str(files / "p.py"), "--draft-length", "0")
     assert res.returncode == 2 and "draft_length" in res.stderr
+
+
+def test_a_reader_that_closes_the_pipe_gets_no_traceback():
+    """`fim-server models --json | head -c 10`: the reader is gone before the output is written."""
+    proc = subprocess.Popen([sys.executable, "-m", "fim_server.cli", "models", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
