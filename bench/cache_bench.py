@@ -26,7 +26,8 @@ import fim_server.engine.block as block_module
 import fim_server.engine.diffusion as diffusion_module
 import fim_server.engine.kv as kv_module
 import fim_server.engine.prefix_store as prefix_module
-from bench.engine_bench import held_out_cases, percentile
+from bench.engine_bench import held_out_cases
+from fim_server.measure import percentile
 from bench.machine import describe, one_line
 from fim_server.engine import InfillRequest, load_engine
 from fim_server.wire.options import DecodeConfig
@@ -69,7 +70,7 @@ def compare(engine, cases, config: DecodeConfig, name: str) -> dict:
     for side, rows in sides.items():
         nfe = sum(r[0] for r in rows)
         out[side] = {"ms_per_forward": sum(r[1] for r in rows) / nfe if nfe else 0.0,
-                     "latency_p50_ms": percentile([r[2] for r in rows], 0.5),
+                     "latency_p50_ms": percentile([r[2] for r in rows], 50),
                      "latency_mean_ms": statistics.fmean(r[2] for r in rows)}
     out["ms_per_forward_ratio"] = out["reserved"]["ms_per_forward"] / out["dynamic"]["ms_per_forward"]
     return out

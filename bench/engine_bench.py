@@ -27,6 +27,7 @@ from bench.repo_cases import SourceFile, sample_cases
 from fim_server.wire.options import DecodeConfig
 from fim_server.train.data import collect_sources
 from fim_server.engine import InfillRequest, load_engine
+from fim_server.measure import percentile
 from fim_server.models.loader import bundled_path
 
 
@@ -34,11 +35,6 @@ def held_out_cases(n: int, seed: int):
     _, held, _ = collect_sources()
     sources = [SourceFile(s.path, s.text) for s in held]
     return sample_cases(sources, n, seed, kinds=("line", "block", "midline"), suite="stdlib-held-out")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def run_setting(engine, cases, config: DecodeConfig, name: str) -> dict:
@@ -55,7 +51,7 @@ def run_setting(engine, cases, config: DecodeConfig, name: str) -> dict:
     lat = [r["latency_ms"] for r in rows]
     return {"setting": name, "cases": len(rows), "nfe_mean": nfe / len(rows),
             "tokens_per_forward": tokens / nfe if nfe else 0.0, "tokens_mean": tokens / len(rows),
-            "latency_p50_ms": percentile(lat, 0.5), "latency_p95_ms": percentile(lat, 0.95),
+            "latency_p50_ms": percentile(lat, 50), "latency_p95_ms": percentile(lat, 95),
             "latency_mean_ms": statistics.fmean(lat),
             # the decoding loop's time per forward: model plus per-step overhead, without set-up
             "ms_per_forward": sum(r["decode_ms"] for r in rows) / nfe if nfe else 0.0,

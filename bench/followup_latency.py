@@ -24,7 +24,8 @@ import json
 import time
 from pathlib import Path
 
-from bench.engine_bench import held_out_cases, percentile
+from bench.engine_bench import held_out_cases
+from fim_server.measure import percentile
 from bench.machine import describe, one_line
 from bench.spawn import worker
 from fim_server.wire.client import WorkerClient
@@ -69,10 +70,10 @@ async def run_engine(addr: str, cases, typed: int) -> dict:
             reused_share.append(warm.stats.get("reused_tokens", 0) / max(1, warm.stats.get("prompt_tokens", 1)))
             same += warm.text == cold.text
         status = await client.stats()
-    out = {k: {"n": len(v), "p50_ms": round(percentile(v, 0.5), 2), "p95_ms": round(percentile(v, 0.95), 2)}
+    out = {k: {"n": len(v), "p50_ms": round(percentile(v, 50), 2), "p95_ms": round(percentile(v, 95), 2)}
            for k, v in lat.items() if v}
     if lat["warm"]:
-        out["warm_over_cold_p50"] = round(percentile(lat["warm"], 0.5) / percentile(lat["cold"], 0.5), 3)
+        out["warm_over_cold_p50"] = round(percentile(lat["warm"], 50) / percentile(lat["cold"], 50), 3)
         out["mean_reused_share"] = round(sum(reused_share) / len(reused_share), 3)
         out["warm_equals_cold"] = f"{same}/{len(lat['warm'])}"
     out.update(kinds)
