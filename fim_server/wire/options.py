@@ -54,7 +54,7 @@ class DecodeConfig:
                                    "(shifted models; greedy only)")
     lookup: int = option(8, "lossless: when the model has no draft (first round, after a rejection), draft "
                             "up to N tokens by prompt lookup: what followed the latest earlier occurrence of the "
-                            "last tokens in the document or middle (bundled coder: 20-28% fewer forwards, same "
+                            "last tokens in the document or middle (bundled coder: 17-29% fewer forwards, same "
                             "middle; bench/results/model_eval-lookup-{0,8}.json); 0 = off", lo=0, hi=64)
     cache: str = option("dual", "none | prefix | dual", CACHE_MODES)
     refresh_every: int = option(0, "recompute the cache every N steps inside a block; 0 = at block start only",
