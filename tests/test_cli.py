@@ -102,3 +102,15 @@ def test_a_reader_that_closes_the_pipe_gets_no_traceback():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+@pytest.mark.parametrize("command", ["complete", "serve", "http", "status", "models", "keys", "infill", "train"])
+def test_every_command_prints_its_help(command, capsys):
+    """--help formats every option's help text (argparse %-formats it: a stray % breaks it)."""
+    from fim_server.cli import build_parser
+
+    with pytest.raises(SystemExit) as stop:
+        build_parser(with_train_options=command == "train").parse_args([command, "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:") and "--" in out

@@ -199,7 +199,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     command that loads a model picks the engine itself when --engine is left out (cli.pick_engine)."""
     for name, f in FIELDS.items():
         flag = "--" + name.replace("_", "-")
-        kind, help = TYPES[name], f"{f.metadata['help']} (default: {f.default})"
+        # argparse %-formats help text: a literal % must be doubled
+        kind, help = TYPES[name], f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
         elif f.metadata["choices"]:
