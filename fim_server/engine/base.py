@@ -144,8 +144,13 @@ class Engine(ABC):
         return [self.result(row, req, config, timing) for row, req in zip(rows, requests)]
 
     def context_limit(self, config: DecodeConfig) -> int:
-        """Prefix + middle + suffix tokens: the request's context_tokens, never past the model's."""
-        return min(config.context_tokens or self.lm.context_tokens, self.lm.context_tokens)
+        """Prefix + middle + suffix tokens: the request's context_tokens, else the checkpoint's
+        serving default (never less than the middle needs), else the model's window; never
+        past the window."""
+        wanted = config.context_tokens
+        if not wanted and self.lm.default_context_tokens:
+            wanted = max(self.lm.default_context_tokens, config.max_tokens + RESERVED_TOKENS)
+        return min(wanted or self.lm.context_tokens, self.lm.context_tokens)
 
     def check(self, config: DecodeConfig) -> None:
         """Raise OptionError when `config` cannot run on this model (the worker answers bad_request)."""

@@ -37,7 +37,9 @@ class LoadedModel:
     source: str                      # what was asked for (path or hub id)
     device: torch.device
     dtype: torch.dtype
-    context_tokens: int              # prefix + middle + suffix budget
+    context_tokens: int              # prefix + middle + suffix budget: the most a request may use
+    default_context_tokens: int = 0  # what a request that names none gets (0: context_tokens);
+                                     # a checkpoint's config.fim_default_context_tokens
 
     def forward(self, cache, **inputs) -> tuple[torch.Tensor, object]:
         """model(**inputs) with the KV cache passed under the name this transformers takes:
@@ -207,5 +209,7 @@ def load_model(
     limit = getattr(config, "fim_context_tokens", None) or min(
         fam.context_tokens, getattr(config, "max_position_embeddings", fam.context_tokens))
     log.info("loaded %s (%s) on %s in %s", source, fam.name, dev, torch_dtype)
+    default = int(getattr(config, "fim_default_context_tokens", 0) or 0)
     return LoadedModel(model=model, tokenizer=tokenizer, family=fam, ids=ids, source=source,
-                       device=dev, dtype=torch_dtype, context_tokens=int(limit))
+                       device=dev, dtype=torch_dtype, context_tokens=int(limit),
+                       default_context_tokens=min(default, int(limit)))

@@ -441,5 +441,6 @@ def serve(options: WorkerOptions, model: str, kind: str, device: Optional[str] =
         raise
     info = {"model": engine.lm.source, "family": engine.lm.family.name, "device": str(engine.lm.device),
             "dtype": str(engine.lm.dtype).removeprefix("torch."), "engine": kind, "random_weights": random_weights, "load_ms": round(load_ms, 1),
-            "warmup_ms": round(warmup_ms, 1), "context_tokens": engine.lm.context_tokens}
+            "warmup_ms": round(warmup_ms, 1), "context_tokens": engine.lm.context_tokens,
+            "default_context_tokens": engine.lm.default_context_tokens or engine.lm.context_tokens}
     return worker.run(engine, info, engine.default_config())
