@@ -42,7 +42,9 @@ class DecodeConfig:
                                           "bench/results/model_eval-guard-*.json)")
     temperature: float = option(0.0, "0 = greedy", lo=0.0, hi=10.0)
     seed: int = option(0, "used only when temperature > 0", lo=-(1 << 63), hi=(1 << 63) - 1)
-    context_tokens: int = option(0, "prefix + suffix budget in tokens; 0 = the model's own limit", lo=0, hi=1 << 20)
+    context_tokens: int = option(0, "prefix + middle + suffix budget in tokens; 0 = the checkpoint's serving "
+                                        "default (config.fim_default_context_tokens), else its window",
+                                 lo=0, hi=1 << 20)
     kv_reuse: bool = option(True, "reuse the KV of the tokens a request shares with the document's previous one")
     # diffusion only
     block_size: int = option(8, "semi-autoregressive block length (canvas positions); 8 measured faster and "
