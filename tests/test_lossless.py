@@ -140,3 +140,28 @@ def test_refused_where_it_cannot_be_lossless(engine, monkeypatch):
     monkeypatch.setattr(engine, "shifted", False)
     with pytest.raises(OptionError, match="unshifted"):
         engine.check(DecodeConfig(engine="block", lossless=True))
+
+
+def test_lossless_is_the_bundled_block_coders_default_and_sampling_falls_back(engine):
+    """The family default turns lossless on; a request that samples without naming it gets the
+    threshold mode (no refusal), one that names it with a temperature is still refused."""
+    import argparse
+
+    from fim_server.wire.options import add_arguments, apply, from_arguments
+
+    base = engine.default_config()
+    assert base.lossless and base.block_size == 4
+    assert apply(base, {}).lossless
+    sampled = apply(base, {"temperature": 0.5})
+    assert not sampled.lossless and sampled.temperature == 0.5
+    engine.check(sampled)                                     # runs: the threshold mode samples
+    named = apply(base, {"temperature": 0.5, "lossless": True})
+    with pytest.raises(OptionError, match="greedily"):
+        engine.check(named)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert not from_arguments(parser.parse_args(["--temperature", "0.3"]), base).lossless
+    assert from_arguments(parser.parse_args(["--temperature", "0.3", "--lossless"]), base).lossless
+    req = real_cases()[0]
+    out = engine.infill([req], sampled.replace(max_tokens=8))[0]
+    assert out.stats.stop_reason and len(out.token_ids) <= 8

@@ -53,7 +53,8 @@ class DecodeConfig:
                                     "left to right (Fast-dLLM v2: 8); 0 = the whole block at once", lo=0, hi=4096)
     lossless: bool = option(False, "block engine: verify each parallel draft with the model's own next-token "
                                    "predictions, so the middle equals its greedy left-to-right decoding "
-                                   "(shifted models; greedy only)")
+                                   "(shifted models; greedy only: a request that samples without naming "
+                                   "it runs the threshold mode); the bundled block coder's default")
     lookup: int = option(8, "lossless: when the model has no draft (first round, after a rejection), draft "
                             "up to N tokens by prompt lookup: what followed the latest earlier occurrence of the "
                             "last tokens in the document or middle (bundled coder: 17-29% fewer forwards, same "
@@ -157,7 +158,16 @@ def apply(base: DecodeConfig, changes: Mapping[str, Any]) -> DecodeConfig:
     """`base` with `changes`; raises OptionError for the first option that is unknown, of the
     wrong type or out of range."""
     values = {name: coerce(name, changes[name]) for name in sorted(changes)}
-    return base.replace(**values)
+    return sampling_drops_inherited_lossless(base.replace(**values), values)
+
+
+def sampling_drops_inherited_lossless(config: DecodeConfig, given: Mapping[str, Any]) -> DecodeConfig:
+    """The lossless mode decodes greedily. When it comes from the base (a model's default) and
+    the options given ask to sample (temperature > 0), the threshold mode runs instead of a
+    refusal; lossless named together with a temperature is still refused by the engine."""
+    if config.lossless and config.temperature > 0 and "lossless" not in given:
+        return config.replace(lossless=False)
+    return config
 
 
 def check_each(changes: Mapping[str, Any], base: DecodeConfig | None = None) -> tuple[dict[str, Any], list[str]]:
@@ -218,4 +228,5 @@ def given_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
 def from_arguments(args: argparse.Namespace, base: DecodeConfig | None = None) -> DecodeConfig:
     """`base` (DecodeConfig's defaults when None) with the options the flags set; raises OptionError."""
-    return (base or DecodeConfig()).replace(**given_arguments(args))
+    given = given_arguments(args)
+    return sampling_drops_inherited_lossless((base or DecodeConfig()).replace(**given), given)
