@@ -36,7 +36,7 @@ from bench.scoring import score_many
 from bench.settings import Setting
 from bench.suites import SUITES
 from fim_server.wire.client import RequestFailed, WorkerClient, WorkerUnavailable
-from fim_server.wire.options import DecodeConfig
+from fim_server.wire.options import DecodeConfig, apply
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,8 @@ async def worker_info(client: WorkerClient, engine: str) -> dict[str, Any]:
         raise HarnessError(f"the worker at {client.address} runs the {stats.get('engine')} engine, not {engine}")
     info = {k: stats.get(k) for k in IDENTITY}
     info["weights_sha256"] = weights_digest(str(stats.get("model") or ""))
-    info.update(load_ms=stats.get("load_ms"), warmup_ms=stats.get("warmup_ms"))
+    info.update(load_ms=stats.get("load_ms"), warmup_ms=stats.get("warmup_ms"),
+                defaults=stats.get("defaults") or {})      # the model's decoding defaults, under each setting
     return info
 
 
@@ -175,7 +176,8 @@ def _header(config: RunConfig, models: dict, n_cases: int) -> dict[str, Any]:
     return {"type": "run", "suite": config.suite, "out": str(config.out), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": machine, "models": models, "versions": versions(), "cases": n_cases,
             "settings": [{"setting": s.name, "engine": s.engine, "options": dict(s.options),
-                          "config": DecodeConfig(engine=s.engine).replace(**s.request_options(config.base_options)).to_dict()}
+                          "config": apply(DecodeConfig(engine=s.engine).replace(**models.get(s.engine, {}).get("defaults", {})),
+                                          s.request_options(config.base_options)).to_dict()}
                          for s in config.settings],
             "base_options": config.base_options, "worker_threads": config.threads,
             "workers_per_engine": config.parallel,

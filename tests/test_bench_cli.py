@@ -436,3 +436,20 @@ def test_modes_table_and_plot_across_suites(tmp_path, capsys):
     assert (tmp_path / "modes.png").read_bytes().startswith(b"\x89PNG")
     assert modes_main([str(tmp_path / "nothing")]) == 2
     assert "fim-bench report" in capsys.readouterr().err
+
+
+def test_the_run_header_records_each_setting_over_its_workers_model_defaults(tmp_path):
+    """A setting starts from the worker model's decoding defaults (reported by the worker), so
+    the recorded config is what ran: `block` on the bundled block coder is its lossless mode,
+    a sampling setting falls back to the threshold mode."""
+    from bench.harness import RunConfig, _header
+    from bench.settings import Setting
+
+    settings = (Setting("block"), Setting("block", (("lossless", False),)), Setting("block", (("temperature", 0.5),)))
+    config = RunConfig(suite="repo", settings=settings, out=tmp_path, base_options={"max_tokens": 32})
+    models = {"block": {"device": "cpu", "defaults": {"block_size": 4, "lossless": True}}}
+    recorded = {s["setting"]: s["config"] for s in _header(config, models, 1)["settings"]}
+    assert recorded["block"]["lossless"] and recorded["block"]["block_size"] == 4
+    assert recorded["block"]["max_tokens"] == 32
+    assert not recorded["block lossless=false"]["lossless"]
+    assert not recorded["block temperature=0.5"]["lossless"]

@@ -168,6 +168,8 @@ async def test_response_stats_and_status_cli(worker, client):
     assert stats["served"] >= 1 and stats["latency_ms"]["p50"] is not None
     from fim_server.models.loader import pick_dtype                    # the CPU default: auto
     assert stats["dtype"] == str(pick_dtype(torch.device("cpu"))).removeprefix("torch.")
+    assert isinstance(stats["defaults"], dict)                          # the model's decoding defaults
+    assert 0 < stats["default_context_tokens"] <= stats["context_tokens"]
 
 
 def test_complete_cli_uses_the_worker(worker, tmp_path):

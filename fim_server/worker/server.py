@@ -443,4 +443,7 @@ def serve(options: WorkerOptions, model: str, kind: str, device: Optional[str] =
             "dtype": str(engine.lm.dtype).removeprefix("torch."), "engine": kind, "random_weights": random_weights, "load_ms": round(load_ms, 1),
             "warmup_ms": round(warmup_ms, 1), "context_tokens": engine.lm.context_tokens,
             "default_context_tokens": engine.lm.default_context_tokens or engine.lm.context_tokens}
-    return worker.run(engine, info, engine.default_config())
+    base = engine.default_config()
+    plain = DecodeConfig(engine=kind).to_dict()
+    info["defaults"] = {k: v for k, v in base.to_dict().items() if v != plain[k]}   # the family's, as given
+    return worker.run(engine, info, base)
