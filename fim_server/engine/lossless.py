@@ -89,11 +89,10 @@ class _Round:
         self.device = engine.lm.device
         self.mask_id = engine.ids.mask
         self.fresh: list[int] = []
-        self.draft: list[int] = []
         self.pos = 0                                     # position of the first uncached token
         self.last = self._prefill(row)                   # [V] causal prediction after the cache
         self.text_order = text_order(list(row.prompt), engine.ids)
-        self.draft = self._lookup()
+        self.draft: list[int] = self._lookup()          # the next round's draft to verify
 
     def run(self, poll) -> None:
         """Rounds until the row finishes; `poll` (between rounds) finishes it when cancelled."""

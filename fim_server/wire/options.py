@@ -227,6 +227,6 @@ def given_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def from_arguments(args: argparse.Namespace, base: DecodeConfig | None = None) -> DecodeConfig:
-    """`base` (DecodeConfig's defaults when None) with the options the flags set; raises OptionError."""
-    given = given_arguments(args)
-    return sampling_drops_inherited_lossless((base or DecodeConfig()).replace(**given), given)
+    """`base` (DecodeConfig's defaults when None) with the options the flags set, as `apply`
+    sets a request's; raises OptionError."""
+    return apply(base or DecodeConfig(), given_arguments(args))
