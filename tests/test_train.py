@@ -1,6 +1,7 @@
 """The training recipe: seeded runs are reproducible, snapshots and exports load with
 from_pretrained, and the diffusion twin starts from the AR twin's weights."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,8 @@ def test_block_twin_trains_from_the_ar_snapshot_with_distillation_and_decodes(ar
     assert engine.shifted and engine.lm.family.name == "fim-tiny-block"
     req, config = InfillRequest("def f(x):\n    return ", "\n"), DecodeConfig(engine="block", max_tokens=8, block_size=4)
     result = engine.infill([req], config)[0]
-    assert 1 <= result.stats.nfe <= 8 and result.stats.tokens == len(result.token_ids) <= 8
+    # the prefill, then at most one forward per token (at least one token is committed a step)
+    assert 1 <= result.stats.nfe <= 1 + 8 and result.stats.tokens == len(result.token_ids) <= 8
     assert result.text == engine.text(result.token_ids, req, config)
 
 
@@ -104,3 +106,72 @@ def test_the_data_never_holds_evaluation_projects_or_humaneval(tmp_path):
     train, held, report = collect_sources(tmp_path)
     assert [s.path for s in train + held] == ["kept/util.py"]
     assert report["excluded"] == 7 and report["humaneval"] == (1 if signature else 0)
+
+
+# ---------------------------------------------------------------- FIM-weighted AR batches
+
+def _sources():
+    from fim_server.train.data import Source
+
+    text = "".join(f"def f{i}(x):\n    y = x * {i}\n    return y + {i}\n\n" for i in range(200))
+    return [Source("m.py", text, package="pkg")]
+
+
+def test_whole_lines_sets_the_share_of_line_cuts():
+    import random
+
+    from fim_server.train.data import random_split
+
+    text = _sources()[0].text
+    for share, expect in ((1.0, {"lines"}), (0.0, {"midline", "span"})):
+        rng = random.Random(0)
+        kinds = {s.kind for s in (random_split(text, rng, whole_lines=share) for _ in range(300)) if s}
+        assert kinds == expect
+
+
+def test_ar_batches_mark_the_middle_labels_and_scale_with_the_drawn_length():
+    from fim_server.train.recipe import IGNORE, Batches, Specials, ar_example
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast.from_pretrained(BUNDLED_TOKENIZER)
+    cfg = TrainConfig(objective="ar", seq_len=256, max_middle=16, batch=2, context_mix="128,256")
+    batches = Batches(tok, _sources(), cfg, seed=0)
+    ids, labels, middle = ar_example(tok, Specials(tok), batches.sampler, cfg, 128)
+    assert len(ids) <= 128 and len(middle) == len(labels) == len(ids)
+    start = ids.index(Specials(tok).mid)
+    assert middle == [i >= start for i in range(len(ids))]   # from <|fim_middle|> on: middle tokens, then the end
+    assert labels[start:-1] == ids[start + 1:] and labels[-1] == IGNORE
+    sizes = set()
+    for _ in range(12):
+        kind, ids, labels, valid, mid = batches.next()
+        assert kind == "ar" and mid.shape == ids.shape and not (mid & ~valid).any()
+        sizes.add((ids.shape[0], ids.shape[1] <= 256 * 2 // ids.shape[0]))
+    assert sizes == {(2, True), (4, True)}                    # batch x seq_len tokens either way
+    with pytest.raises(ValueError, match="context_mix"):
+        Batches(tok, _sources(), TrainConfig(objective="ar", seq_len=256, context_mix="512"), seed=0)
+
+
+def test_context_weight_zero_is_the_middle_only_loss_and_one_the_plain_loss(ar_runs):
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from fim_server.train.recipe import IGNORE, Batches, batch_loss
+
+    root, first, _ = ar_runs
+    tok = PreTrainedTokenizerFast.from_pretrained(BUNDLED_TOKENIZER)
+    model = AutoModelForCausalLM.from_pretrained(first, dtype=torch.float32)
+    cfg = TrainConfig(objective="ar", seq_len=128, max_middle=16, batch=3, context_weight=0.3)
+    batch = Batches(tok, _sources(), cfg, seed=1).next()
+    _, ids, labels, valid, middle = batch
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=valid.long()).logits.float()
+        per = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
+        labelled = labels.flatten() != IGNORE
+        mid = middle.flatten() & labelled
+        ctx = labelled & ~middle.flatten()
+        assert batch_loss(model, batch, cfg, 0.0).item() == pytest.approx(per[mid].mean().item(), rel=1e-5)
+        assert batch_loss(model, batch, cfg, 1.0).item() == pytest.approx(per[labelled].mean().item(), rel=1e-5)
+        weighted = (per[mid].sum() + 0.3 * per[ctx].sum()) / (mid.sum() + 0.3 * ctx.sum())
+        assert batch_loss(model, batch, cfg).item() == pytest.approx(weighted.item(), rel=1e-5)
+    history = json.loads((first / "train_log.json").read_text())["history"]
+    assert all("held_out_middle_loss" in h for h in history)

@@ -208,19 +208,21 @@ def _line_starts(text: str) -> list[int]:
     return starts
 
 
-def random_split(text: str, rng: random.Random, max_middle_chars: int = 240) -> Optional[FimSplit]:
-    """Cut one middle out of `text` the way completions happen: whole lines, the rest of a line,
-    or an arbitrary character span."""
+def random_split(text: str, rng: random.Random, max_middle_chars: int = 240,
+                 whole_lines: float = 0.5) -> Optional[FimSplit]:
+    """Cut one middle out of `text` the way completions happen: whole lines (a `whole_lines`
+    share of the cuts), the rest of a line, or an arbitrary character span (the remaining cuts,
+    3:2)."""
     starts = _line_starts(text)
     if len(starts) < 3:
         return None
     roll = rng.random()
-    if roll < 0.5:
+    if roll < whole_lines:
         i = rng.randrange(len(starts) - 1)
         n = min(len(starts) - 1 - i, 1 + int(rng.expovariate(0.6)))
         a, b = starts[i], starts[i + n]
         kind = "lines"
-    elif roll < 0.8:
+    elif roll < whole_lines + 0.6 * (1 - whole_lines):
         i = rng.randrange(len(starts) - 1)
         line_end = starts[i + 1] - 1
         if line_end <= starts[i]:
@@ -242,8 +244,10 @@ class ExampleSampler:
     `stdlib_share` (0 < share < 1) the standard library's files together get that share of the
     draws (it is about 6% of the package corpus by length)."""
 
-    def __init__(self, sources: list[Source], seed: int, window_chars: int = 2400, stdlib_share: float = 0.0):
+    def __init__(self, sources: list[Source], seed: int, window_chars: int = 2400, stdlib_share: float = 0.0,
+                 whole_lines: float = 0.5):
         self.sources = sources
+        self.whole_lines = whole_lines
         self.rng = random.Random(seed)
         self.window_chars = window_chars
         self.weights = stdlib_weighted([len(s.text) for s in sources],
@@ -262,7 +266,7 @@ class ExampleSampler:
         for _ in range(100):
             text = self.window()
             # put the cursor well inside the window so both sides have context
-            split = random_split(text, self.rng)
+            split = random_split(text, self.rng, whole_lines=self.whole_lines)
             if split and split.middle.strip():
                 return split
         raise RuntimeError("could not cut a FIM example from the data")

@@ -21,7 +21,7 @@ import os
 import shutil
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -71,6 +71,10 @@ class TrainConfig:
     bf16: bool = False               # bfloat16 autocast (CPUs with bf16 matrix units: AMX, avx512_bf16)
     corpus: str = ""                 # a package corpus fetched by `python -m fim_server.train.packages`
     stdlib_share: float = 0.0        # share of training windows from the standard library (0: by length, ~6% of the corpus)
+    whole_lines: float = 0.5         # share of FIM cuts at line boundaries (the rest: rest-of-line and span cuts, 3:2)
+    context_weight: float = 1.0      # ar: loss weight of prefix/suffix tokens against middle tokens (1: plain LM loss)
+    context_mix: str = ""            # ar: comma-separated sequence lengths, one drawn per batch; the batch grows
+                                     # so that a batch stays batch x seq_len tokens (short contexts, more middles)
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -109,15 +113,26 @@ def encode_split(tok, split, cfg: TrainConfig, room: int):
     return p[len(p) - keep_p:] if keep_p else [], m, s[:keep_s]
 
 
-def ar_example(tok, sp: Specials, sampler: ExampleSampler, cfg: TrainConfig):
+def ar_example(tok, sp: Specials, sampler: ExampleSampler, cfg: TrainConfig, seq_len: int = 0):
+    """PSM ids, next-token labels and the label positions that predict the middle (or its end):
+    ([T], [T], [T] bool), T <= seq_len (default cfg.seq_len)."""
     while True:
-        parts = encode_split(tok, sampler.split(), cfg, cfg.seq_len - len(_middle_room(cfg)) - 4)
+        parts = encode_split(tok, sampler.split(), cfg, (seq_len or cfg.seq_len) - len(_middle_room(cfg)) - 4)
         if parts:
             break
     p, m, s = parts
     ids = [sp.pre] + p + [sp.suf] + s + [sp.mid] + m + [sp.eot]
     labels = ids[1:] + [IGNORE]
-    return ids, labels
+    context = len(ids) - len(m) - 2          # labels before the <|fim_middle|> position predict context
+    return ids, labels, [False] * context + [True] * (len(ids) - context)
+
+
+def ar_lengths(cfg: TrainConfig) -> list[int]:
+    """The sequence lengths AR batches are drawn at (context_mix, else seq_len alone)."""
+    lengths = [int(x) for x in cfg.context_mix.split(",") if x.strip()] or [cfg.seq_len]
+    if min(lengths) <= len(_middle_room(cfg)) + 8 or max(lengths) > cfg.seq_len:
+        raise ValueError(f"context_mix lengths must lie in ({len(_middle_room(cfg)) + 8}, seq_len={cfg.seq_len}]")
+    return lengths
 
 
 def _middle_room(cfg: TrainConfig) -> range:
@@ -167,12 +182,12 @@ def diffusion_example(tok, sp: Specials, sampler: ExampleSampler, cfg: TrainConf
 
 
 def collate(examples, pad: int):
-    """Right-padded [B, T] inputs, labels and key-valid mask."""
-    T = max(len(x) for x, _ in examples)
+    """Right-padded [B, T] inputs, labels and key-valid mask (examples: (ids, labels, ...))."""
+    T = max(len(x) for x, *_ in examples)
     ids = torch.full((len(examples), T), pad, dtype=torch.long)
     labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)
     valid = torch.zeros((len(examples), T), dtype=torch.bool)
-    for b, (x, y) in enumerate(examples):
+    for b, (x, y, *_) in enumerate(examples):
         ids[b, :len(x)] = torch.tensor(x)
         labels[b, :len(y)] = torch.tensor(y)
         valid[b, :len(x)] = True
@@ -186,20 +201,31 @@ class Batches:
         self.tok, self.cfg = tok, cfg
         self.sp = Specials(tok)
         self.sampler = ExampleSampler(sources, seed, window_chars=WINDOW_CHARS_PER_TOKEN * cfg.seq_len,
-                                      stdlib_share=cfg.stdlib_share)
+                                      stdlib_share=cfg.stdlib_share, whole_lines=cfg.whole_lines)
+        self.lengths = ar_lengths(cfg) if cfg.objective == "ar" else [cfg.seq_len]
         self.rng = random.Random(seed + 1)
         self.teacher = teacher
 
     def next(self):
         cfg = self.cfg
         if cfg.objective == "ar" or (cfg.objective == "block" and self.rng.random() < cfg.ar_fraction):
-            ex = [ar_example(self.tok, self.sp, self.sampler, cfg) for _ in range(cfg.batch)]
-            return ("ar", *collate(ex, self.sp.eot))
+            return self.ar_batch(self.rng.choice(self.lengths))
         if cfg.objective == "block":
             rows = self.block_rows()
             return ("block", *block_objective.collate(rows, cfg.block_size, self.sp.mask, self.sp.eot, self.rng))
         ex = [diffusion_example(self.tok, self.sp, self.sampler, cfg, self.rng) for _ in range(cfg.batch)]
         return ("diffusion", *collate(ex, self.sp.eot))
+
+    def ar_batch(self, length: int):
+        """("ar", ids, labels, valid, middle): batch x seq_len / length examples of at most
+        `length` tokens; middle [B, T] marks the labels of the middle and its end."""
+        n = max(1, self.cfg.batch * self.cfg.seq_len // length)
+        ex = [ar_example(self.tok, self.sp, self.sampler, self.cfg, length) for _ in range(n)]
+        ids, labels, valid = collate(ex, self.sp.eot)
+        middle = torch.zeros_like(valid)
+        for b, (_, _, mid) in enumerate(ex):
+            middle[b, :len(mid)] = torch.tensor(mid)
+        return "ar", ids, labels, valid, middle
 
     def block_rows(self) -> list:
         """PSM prompts and middles (the teacher's greedy middles when there is a teacher)."""
@@ -256,7 +282,10 @@ def build_model(cfg: TrainConfig, tok) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(config)
 
 
-def loss_on(model, ids, labels, valid, objective: str, shifted: bool = False) -> torch.Tensor:
+def loss_on(model, ids, labels, valid, objective: str, shifted: bool = False,
+            middle=None, context_weight: float = 1.0) -> torch.Tensor:
+    """Mean cross-entropy over the labelled positions; with `middle` ([B, T] bool, AR batches)
+    the other labelled positions (prefix and suffix) weigh `context_weight` each."""
     if objective == "diffusion":
         mask = valid[:, None, None, :].expand(-1, 1, ids.shape[1], -1)     # [B, 1, T, T] bidirectional
         logits = model(input_ids=ids, attention_mask=mask).logits
@@ -264,15 +293,24 @@ def loss_on(model, ids, labels, valid, objective: str, shifted: bool = False) ->
             logits, labels = logits[:, :-1], labels[:, 1:]
     else:
         logits = model(input_ids=ids, attention_mask=valid.long()).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+    if middle is None or context_weight == 1.0:
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+    per_token = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="none")
+    weight = torch.where(middle.flatten(), 1.0, context_weight) * (labels.flatten() != IGNORE)
+    return (per_token * weight).sum() / weight.sum().clamp_min(1e-9)
 
 
-def batch_loss(model, batch: tuple, cfg: TrainConfig) -> torch.Tensor:
+def batch_loss(model, batch: tuple, cfg: TrainConfig, context_weight: float | None = None) -> torch.Tensor:
+    """The training loss of one batch; `context_weight` overrides the config's (held-out losses)."""
     kind, *tensors = batch
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16 and tensors[0].device.type == "cpu"):
         if kind == "block":
             return block_objective.block_loss(model, *tensors, certainty=cfg.certainty)
-        return loss_on(model, *tensors, kind, cfg.shifted and kind == "diffusion")
+        if kind == "ar":
+            ids, labels, valid, middle = tensors
+            weight = cfg.context_weight if context_weight is None else context_weight
+            return loss_on(model, ids, labels, valid, kind, middle=middle, context_weight=weight)
+        return loss_on(model, *tensors, kind, cfg.shifted)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -324,9 +362,11 @@ def keep_snapshot(out: Path, step: int) -> None:
 
 
 @torch.no_grad()
-def held_out_loss(model, batches: list, cfg: TrainConfig) -> float:
+def held_out_loss(model, batches: list, cfg: TrainConfig, context_weight: float = 1.0) -> float:
+    """Mean loss over the held-out batches; AR batches weigh every token alike (context_weight 1),
+    whatever the training weight, so that stages compare; 0 gives the middle-only loss."""
     model.eval()
-    losses = [batch_loss(model, b, cfg).item() for b in batches]
+    losses = [batch_loss(model, b, cfg, context_weight).item() for b in batches]
     model.train()
     return sum(losses) / len(losses)
 
@@ -362,7 +402,7 @@ def train(cfg: TrainConfig) -> Path:
 
         teacher = load_engine("ar", cfg.distill_from, device=str(dev), dtype="float32")
     batches = Batches(tok, train_src, cfg, cfg.seed + start, teacher)
-    held = Batches(tok, held_src, cfg, 12345, teacher)
+    held = Batches(tok, held_src, replace(cfg, context_mix=""), 12345, teacher)   # full-length, as every stage
     held_batches = [to_device(held.next(), dev) for _ in range(4)]
     model.train()
     tokens_per_step = cfg.batch * cfg.seq_len
@@ -387,6 +427,8 @@ def train(cfg: TrainConfig) -> Path:
         if done % cfg.eval_every == 0 or done == cfg.steps:
             log["history"].append({"step": done, "train_loss": round(loss_ema, 4),
                                    "held_out_loss": round(held_out_loss(model, held_batches, cfg), 4),
+                                   **({"held_out_middle_loss": round(held_out_loss(model, held_batches, cfg, 0.0), 4)}
+                                      if cfg.objective == "ar" else {}),
                                    "tokens_seen": done * tokens_per_step, "elapsed_s": round(time.time() - t0)})
             tqdm.write(json.dumps(log["history"][-1]))
         if done % cfg.save_every == 0 or done == cfg.steps:
