@@ -55,8 +55,8 @@ class DecodeConfig:
                                    "predictions, so the middle equals its greedy left-to-right decoding "
                                    "(shifted models; greedy only: a request that samples without naming "
                                    "it runs the threshold mode); the bundled block coder's default")
-    lookup: int = option(8, "lossless: when the model has no draft (first round, after a rejection), draft "
-                            "up to N tokens by prompt lookup: what followed the latest earlier occurrence of the "
+    lookup: int = option(8, "lossless: draft up to N tokens by prompt lookup, verified instead of the "
+                            "model's own draft when found: what followed the latest earlier occurrence of the "
                             "last tokens in the document or middle (bundled coder: 17-29% fewer forwards, same "
                             "middle; bench/results/model_eval-lookup-{0,8}.json); 0 = off", lo=0, hi=64)
     cache: str = option("dual", "none | prefix | dual", CACHE_MODES)
