@@ -5,17 +5,18 @@ the PSM prompt; the block only saves forwards when its drafts agree with that de
 
 One forward per round, over the cache (the prompt and every accepted token, causal, so exact):
 
-    queries   fresh   accepted tokens not cached yet (the last round's correction)   causal
+    queries   fresh   the token the last round accepted last, not cached yet       causal
               draft   the last round's parallel guesses, to verify                   causal
               masks   block_size slots: the next draft                               see all, and each other
 
 Shifted logits (the AR-initialised block coders): the logits at a position are the causal
 prediction of the token after it, so the draft's slot j is accepted when it equals the
 prediction made at the position before it. The longest agreeing prefix is kept, plus the
-prediction at the first disagreement (a correction, always right). When the whole draft
-agrees, the masks were conditioned on the right tokens and become the next draft (their first
-slot, predicted at the last verified position, is the greedy token itself); otherwise they are
-dropped and the next round drafts again after the correction. The KV of the kept tokens stays
+prediction at the first disagreement (a correction, always right) or, when the whole draft
+agrees, the prediction after it (a bonus token). That token is cached by the next round. When the
+whole draft agrees, the masks were conditioned on the right tokens and their guesses become the
+next draft (slot 0 stands for the bonus token, slot j guesses the token after it); otherwise
+they are dropped. The KV of the kept tokens stays
 in the cache; the rest is cropped. The prompt's KV is kept per document, as the AR and block
 engines keep theirs, so a follow-up request computes only the prompt tokens after the shared lead.
 
@@ -121,29 +122,22 @@ class _Round:
         while agree < len(draft) and draft[agree] == greedy[n_fresh + agree]:
             agree += 1
         kept = n_fresh + agree                           # queries whose KV stays (causal, right tokens)
-        if agree == len(draft):
-            accepted = list(draft)
-            next_draft = self._draft(logits, kept, width)
-            self.fresh = []
-        else:
-            correction = greedy[kept]
-            accepted = draft[:agree] + [correction]
-            next_draft = []
-            self.fresh = [correction]
+        nxt = greedy[kept]                               # the correction, or the token after a whole draft
         self.cache.crop(-(len(queries) - kept))
         if kept:
             self.last = logits[kept - 1]
         self.pos += kept
-        self.draft = next_draft
-        self._accept(accepted)
-        if not self.row.done:                       # a lookup draft, when there is one, beats the masks'
+        self.fresh = [nxt]                               # accepted now, cached by the next round
+        # the masks followed the whole draft: only then were they conditioned on the right tokens
+        self.draft = self._draft(logits, n_fresh + len(draft), width) if agree == len(draft) else []
+        self._accept(draft[:agree] + [nxt])
+        if not self.row.done:                            # a lookup draft, when there is one, beats the masks'
             self.draft = self._lookup() or self.draft
 
-    def _draft(self, logits: torch.Tensor, verified: int, width: int) -> list[int]:
-        """The masks' guesses (shifted: slot j from the position before it)."""
-        before = self.last[None] if verified == 0 else logits[verified - 1:verified]
-        slots = torch.cat([before, logits[verified:verified + width - 1]])     # [W, V]
-        return slots.argmax(dim=-1).tolist()
+    def _draft(self, logits: torch.Tensor, start: int, width: int) -> list[int]:
+        """The guesses of the mask block at query `start` [W - 1]: its slot 0 stands for the token
+        just accepted, and slot j's logits (shifted) guess the token after slot j."""
+        return logits[start:start + width - 1].argmax(dim=-1).tolist()
 
     def _lookup(self) -> list[int]:
         """A draft by prompt lookup (config.lookup tokens at most, none when it is 0), from
