@@ -175,3 +175,19 @@ def test_context_weight_zero_is_the_middle_only_loss_and_one_the_plain_loss(ar_r
         assert batch_loss(model, batch, cfg).item() == pytest.approx(weighted.item(), rel=1e-5)
     history = json.loads((first / "train_log.json").read_text())["history"]
     assert all("held_out_middle_loss" in h for h in history)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--objective", "block", "--context-mix", "256"], "--context-mix applies to --objective ar only"),
+    (["--objective", "ar", "--whole-lines", "1.5"], "--whole-lines must lie in"),
+    (["--objective", "ar", "--context-weight", "-1"], "--context-weight must not be negative"),
+])
+def test_train_refuses_options_it_cannot_honour(flags, message):
+    import argparse
+
+    from fim_server.train.recipe import add_arguments, main
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    with pytest.raises(SystemExit, match=message):
+        main(p.parse_args(flags))

@@ -473,6 +473,10 @@ def main(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**{k: getattr(args, k) for k in names})
     if cfg.objective not in ("diffusion", "ar", "block"):
         raise SystemExit("--objective must be diffusion, ar or block")
+    if cfg.context_mix and cfg.objective != "ar":
+        raise SystemExit("--context-mix applies to --objective ar only")
+    if not 0.0 <= cfg.whole_lines <= 1.0 or cfg.context_weight < 0:
+        raise SystemExit("--whole-lines must lie in [0, 1] and --context-weight must not be negative")
     path = train(cfg)
     print(f"model written to {path}")
     return 0
