@@ -10,7 +10,9 @@ import torch
 from transformers import DynamicCache
 
 from fim_server.engine.block import BlockEngine
-from fim_server.engine.lossless import lookup_draft, text_order
+from fim_server.engine import lossless
+from fim_server.engine.kv import keep_positions, new_cache
+from fim_server.engine.lossless import Draft, lookup_drafts, text_order
 from fim_server.engine.types import InfillRequest
 from fim_server.models import load_model
 from fim_server.models.loader import bundled_path
@@ -60,16 +62,24 @@ def greedy_reference(engine, req, max_tokens: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("block,lookup", [(1, 0), (4, 0), (8, 0), (1, 8), (4, 8)])
-def test_lossless_equals_greedy_left_to_right_on_real_files(engine, references, block, lookup):
+@pytest.mark.parametrize("block,lookup,candidates", [(1, 0, 1), (4, 0, 1), (8, 0, 1), (1, 8, 1), (4, 8, 1),
+                                                     (4, 8, 3)])
+def test_lossless_equals_greedy_left_to_right_on_real_files(engine, references, block, lookup, candidates,
+                                                            monkeypatch):
+    """Every draft (masks, a lookup chain, a tree of lookup candidates) leaves the middle the
+    greedy one; with several candidates some rounds accept a branch other than the first, so the
+    cache is packed (keep_positions) rather than cropped."""
+    packed = []
+    monkeypatch.setattr(lossless, "keep_positions", lambda *a: packed.append(a[2]) or keep_positions(*a))
     config = DecodeConfig(engine="block", max_tokens=20, block_size=block, lossless=True, repetition_guard=False,
-                          lookup=lookup)
+                          lookup=lookup, lookup_candidates=candidates)
     cases = real_cases()
     results = engine.infill(cases, config)
     for req, got in zip(cases, results):
         assert got.token_ids == references[req.id], req.id
     if block > 1 or lookup:      # agreeing drafts: fewer forwards than tokens over the set
         assert sum(r.stats.nfe for r in results) < sum(len(r.token_ids) for r in results)
+    assert bool(packed) == (candidates > 1)
 
 
 def test_lookup_drafts_save_forwards_where_the_document_repeats_itself(engine):
@@ -86,11 +96,46 @@ def test_lookup_drafts_save_forwards_where_the_document_repeats_itself(engine):
 
 def test_lookup_draft_follows_the_latest_longest_match():
     doc = [5, 6, 7, 1, 2, 9, 9, 5, 6, 8, 3, 5, 6]
-    assert lookup_draft(doc, 2) == [8, 3]                 # (5, 6) last recurs at 7: what followed it
-    assert lookup_draft(doc + [8], 3) == [3, 5, 6]        # (5, 6, 8) beats the shorter (6, 8), (8)
-    assert lookup_draft([1, 2, 3, 4], 4) == []            # nothing recurs
-    assert lookup_draft(doc, 0) == []
-    assert lookup_draft([4, 1, 2, 4], 8) == [1, 2, 4]     # a one-token match, cut at the end
+    assert lookup_drafts(doc, 2) == [[8, 3]]              # (5, 6) last recurs at 7: what followed it
+    assert lookup_drafts(doc + [8], 3) == [[3, 5, 6]]     # (5, 6, 8) beats the shorter (6, 8), (8)
+    assert lookup_drafts([1, 2, 3, 4], 4) == []           # nothing recurs
+    assert lookup_drafts(doc, 0) == []
+    assert lookup_drafts([4, 1, 2, 4], 8) == [[1, 2, 4]]  # a one-token match, cut at the end
+
+
+def test_lookup_candidates_come_latest_and_longest_first_without_repeats():
+    doc = [5, 6, 7, 1, 2, 9, 9, 5, 6, 8, 3, 5, 6]
+    # (5, 6) recurs twice, then (6) adds nothing new; the one-token tail is all that is left
+    assert lookup_drafts(doc, 2, count=4) == [[8, 3], [7, 1]]
+    # the same continuation from a shorter match is not proposed twice
+    assert lookup_drafts([1, 2, 3, 9, 2, 3, 4, 2, 3], 2, count=3) == [[4, 2], [9, 2]]
+    assert lookup_drafts([1, 2, 1, 2, 3, 1, 2], 1, count=3) == [[3], [1]]
+    assert lookup_drafts([7, 1, 2, 7, 1, 2, 7], 3, count=3) == [[1, 2, 7]]   # found by every match length
+
+
+def test_a_tree_of_candidates_shares_their_starts():
+    tree = Draft.trie([[1, 2, 3], [1, 4], [5]])
+    assert tree.tokens == [1, 2, 3, 4, 5] and tree.parents == [-1, 0, 1, 0, -1]
+    assert tree.depths() == [0, 1, 2, 1, 0]
+    assert tree.child(-1, 1) == 0 and tree.child(0, 4) == 3 and tree.child(0, 5) is None
+    seen = tree.lineage()
+    assert seen[2].tolist() == [True, True, True, False, False]      # 3 sees 1, 2 and itself
+    assert seen[3].tolist() == [True, False, False, True, False]     # 4 sees 1, not its cousins
+    assert seen[4].tolist() == [False, False, False, False, True]
+    chain = Draft.chain([7, 8])
+    assert chain.parents == [-1, 0] and chain.depths() == [0, 1]
+
+
+def test_keep_positions_packs_the_kept_tail(engine):
+    cache = new_cache(engine.model.config)
+    layers = engine.model.config.num_hidden_layers
+    keys = torch.arange(7.0).reshape(1, 1, 7, 1).expand(1, 2, 7, 3).contiguous()
+    for layer in range(layers):
+        cache.update(keys, -keys, layer)
+    keep_positions(cache, 3, [0, 2, 3])                  # positions 3, 5, 6 stay, after 0, 1, 2
+    for layer in cache.layers:
+        assert layer.keys[0, 0, :, 0].tolist() == [0, 1, 2, 3, 5, 6]
+        assert layer.values[0, 1, :, 2].tolist() == [0, -1, -2, -3, -5, -6]
 
 
 def test_text_order_puts_the_cursor_at_the_end(engine):
@@ -118,6 +163,9 @@ def test_single_line_and_length_stops(engine, references):
     short = engine.infill([req], DecodeConfig(engine="block", max_tokens=3, block_size=8, lossless=True,
                                               repetition_guard=False))[0]
     assert short.token_ids == full[:3] and (len(full) < 3 or short.stats.stop_reason == "length")
+    one = engine.infill([req], DecodeConfig(engine="block", max_tokens=1, block_size=4, lossless=True,
+                                            repetition_guard=False))[0]
+    assert one.token_ids == full[:1] and one.stats.nfe == 1                  # the prefill alone
 
 
 def test_cancellation_between_rounds(engine):

@@ -95,6 +95,23 @@ class ReservedLayer(DynamicLayer):
         self.buffers, self.length = None, 0
 
 
+def keep_positions(cache: DynamicCache, start: int, keep: list[int]) -> None:
+    """Of the cached positions from `start` on, keep those at offsets `keep` (ascending), packed
+    at start, start + 1, ...; the rest are dropped (a verified branch of a token tree)."""
+    index = start + torch.tensor(keep, dtype=torch.long)
+    for layer in cache.layers:
+        if not layer.is_initialized:
+            continue
+        index = index.to(layer.keys.device)
+        if isinstance(layer, ReservedLayer):
+            for buffer in layer.buffers:
+                buffer[..., start:start + len(keep), :] = buffer[..., index, :]      # the gather copies first
+            layer._view(start + len(keep))
+        else:
+            layer.keys = torch.cat([layer.keys[..., :start, :], layer.keys[..., index, :]], dim=-2)
+            layer.values = torch.cat([layer.values[..., :start, :], layer.values[..., index, :]], dim=-2)
+
+
 def new_cache(config, data: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None) -> DynamicCache:
     """An empty cache for `config`'s model (or filled with per-layer (keys, values) [B, H, K, D],
     copied), whose full-attention layers are ReservedLayers; other layer kinds (sliding windows)

@@ -1,34 +1,34 @@
-"""Lossless block decoding: a block drafted in parallel, verified by the same network's own
-next-token predictions (SDLM's self-speculative mode; blockwise parallel decoding, Stern et al.
-2018). The output is token for token the network's greedy left-to-right (causal) decoding of
-the PSM prompt; the block only saves forwards when its drafts agree with that decoding.
+"""Lossless block decoding: drafts verified by the same network's own next-token predictions
+(SDLM's self-speculative mode; blockwise parallel decoding, Stern et al. 2018). The output is
+token for token the network's greedy left-to-right (causal) decoding of the PSM prompt; drafts
+only save forwards when they agree with that decoding.
 
-One forward per round, over the cache (the prompt and every accepted token, causal, so exact):
+The prefill computes the prompt (causal) and a block of masks after it in one forward: the
+prompt's last position gives the first token, the masks a first draft. Then one forward per
+round, over the cache (the prompt and every accepted token, causal, so exact):
 
     queries   fresh   the token the last round accepted last, not cached yet       causal
-              draft   the last round's parallel guesses, to verify                   causal
-              masks   block_size slots: the next draft                               see all, and each other
+              draft   a tree of guesses to verify; a node sees its ancestors        causal along a branch
+              masks   block_size slots, only after a draft of the masks' own        see all, and each other
 
 Shifted logits (the AR-initialised block coders): the logits at a position are the causal
-prediction of the token after it, so the draft's slot j is accepted when it equals the
-prediction made at the position before it. The longest agreeing prefix is kept, plus the
-prediction at the first disagreement (a correction, always right) or, when the whole draft
-agrees, the prediction after it (a bonus token). That token is cached by the next round. When the
-whole draft agrees, the masks were conditioned on the right tokens and their guesses become the
-next draft (slot 0 stands for the bonus token, slot j guesses the token after it); otherwise
-they are dropped. The KV of the kept tokens stays
-in the cache; the rest is cropped. The prompt's KV is kept per document, as the AR and block
-engines keep theirs, so a follow-up request computes only the prompt tokens after the shared lead.
+prediction of the token after it. Verification walks the draft from the fresh token along those
+predictions: the nodes it meets are kept, plus the prediction after the last of them (a
+correction, always right, or at a leaf the token after the whole branch). That token is cached by
+the next round. The kept queries' KV stays in the cache (packed when the branch is not the first);
+the rest is dropped. When a masks' draft was wholly accepted, the masks were conditioned on the
+right tokens and their guesses become the next draft (slot 0 stands for the token after the
+draft, slot j guesses the token after it); otherwise they are dropped.
 
-Every round, prompt lookup drafts too (config.lookup tokens at most; Saxena's prompt lookup
-decoding), and its draft is the one verified when it finds one: the tokens
-that followed the latest earlier occurrence of the last one to three tokens, searched in the
-document (suffix, then prefix, then the middle so far, so that the search ends at the cursor).
-Code repeats its names and lines, so such drafts are often right; a wrong one costs only its
-query slots, as verification keeps the output the greedy one either way. With the bundled block
-coder, preferring the lookup draft over the masks' own (and accepting the token after a whole
-draft in the same round) took 2-8% fewer forwards than using it only in rounds without a draft
-(a side-by-side on 60 held-out and 180 HumanEval middles).
+Every round, prompt lookup drafts first (Saxena's prompt lookup decoding): the up to
+config.lookup tokens that followed earlier occurrences of the last one to three tokens, in the
+document (suffix, then prefix, then the middle so far, so that the search ends at the cursor),
+up to config.lookup_candidates different continuations merged into one token tree (as Medusa and
+SpecInfer verify trees). Code repeats its names and lines, so such drafts are often right; a wrong
+one costs only its query slots. No mask block rides along a lookup tree: with the bundled block
+coder the masks' next draft was used in 5% of rounds and added 0.25 tokens there, while a second
+and third candidate took 11-16% fewer forwards at the same p50 on this CPU (HumanEval, 150
+single-line and 60 multi-line middles): the wider forward costs about what the saved rounds gain.
 
 Unshifted models (logit i predicts token i) make no causal next-token prediction, so they
 have no lossless mode here. Rows are decoded one at a time: their acceptance lengths differ,
@@ -43,6 +43,7 @@ import torch
 
 from fim_server.wire.options import DecodeConfig
 
+from .kv import keep_positions
 from .prefix_store import prefill_inputs, remember_prompts
 
 
@@ -67,36 +68,96 @@ def text_order(prompt: list[int], ids) -> list[int]:
     return list(prompt[suf + 1:mid]) + list(prompt[pre + 1:suf])
 
 
-def lookup_draft(tokens: list[int], length: int, longest: int = 3, shortest: int = 1) -> list[int]:
-    """Prompt lookup (as transformers' prompt_lookup_num_tokens): the `length` tokens that
-    followed the latest earlier occurrence of the last n tokens, n from `longest` down to
-    `shortest`; [] when none recurs or length <= 0."""
-    if length <= 0:
-        return []
+def lookup_drafts(tokens: list[int], length: int, count: int = 1, longest: int = 3,
+                  shortest: int = 1) -> list[list[int]]:
+    """Prompt lookup (as transformers' prompt_lookup_num_tokens), up to `count` candidates: the
+    `length` tokens that followed each earlier occurrence of the last n tokens, n from `longest`
+    down to `shortest`, latest occurrence first. A continuation already covered by an earlier
+    candidate (equal to its start) is skipped; [] when nothing recurs or length <= 0."""
+    found: list[list[int]] = []
+    if length <= 0 or count <= 0:
+        return found
     for n in range(longest, shortest - 1, -1):
         if len(tokens) <= n:
             continue
         tail = tokens[-n:]
         for start in range(len(tokens) - n - 1, -1, -1):
-            if tokens[start:start + n] == tail:
-                return tokens[start + n:start + n + length]
-    return []
+            if tokens[start:start + n] != tail:
+                continue
+            follow = tokens[start + n:start + n + length]
+            if follow and not any(seen[:len(follow)] == follow for seen in found):
+                found.append(follow)
+                if len(found) == count:
+                    return found
+    return found
+
+
+class Draft:
+    """Tokens to verify in one forward, as a tree: node i is `tokens[i]`, the child of node
+    `parents[i]` (-1: the root, the fresh token). Parents come before their children, and the
+    first candidate's nodes come first, so accepting along it keeps the cache contiguous."""
+
+    def __init__(self, tokens: list[int] | None = None, parents: list[int] | None = None):
+        self.tokens, self.parents = list(tokens or []), list(parents or [])
+        self.children: dict[tuple[int, int], int] = {(p, t): i for i, (t, p) in enumerate(zip(self.tokens, self.parents))}
+
+    @classmethod
+    def chain(cls, tokens: list[int]) -> "Draft":
+        return cls(tokens, list(range(-1, len(tokens) - 1)))
+
+    @classmethod
+    def trie(cls, branches: list[list[int]]) -> "Draft":
+        """The candidates merged on their shared starts."""
+        draft = cls()
+        for branch in branches:
+            node = -1
+            for token in branch:
+                child = draft.children.get((node, token))
+                if child is None:
+                    child = len(draft.tokens)
+                    draft.tokens.append(token)
+                    draft.parents.append(node)
+                    draft.children[(node, token)] = child
+                node = child
+        return draft
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def child(self, node: int, token: int) -> int | None:
+        return self.children.get((node, token))
+
+    def depths(self) -> list[int]:
+        """Each node's depth below the root, 0 for the root's children."""
+        out: list[int] = []
+        for parent in self.parents:
+            out.append(out[parent] + 1 if parent >= 0 else 0)
+        return out
+
+    def lineage(self) -> torch.Tensor:
+        """[N, N] bool: node i sees node j when j is i or an ancestor of i."""
+        n = len(self.tokens)
+        seen = torch.eye(n, dtype=torch.bool)
+        for i, parent in enumerate(self.parents):
+            if parent >= 0:
+                seen[i] |= seen[parent]
+        return seen
 
 
 class _Round:
-    """One row's decoding state: the cache, the logits at its last cached position, the
-    tokens accepted but not cached (fresh) and the draft to verify."""
+    """One row's decoding state: the cache, the token accepted last and not cached yet (fresh),
+    the draft to verify, and whether it came from lookup."""
 
     def __init__(self, engine, row, config: DecodeConfig):
         self.engine, self.row, self.config = engine, row, config
         self.lm = engine.lm
         self.device = engine.lm.device
         self.mask_id = engine.ids.mask
-        self.fresh: list[int] = []
         self.pos = 0                                     # position of the first uncached token
-        self.last = self._prefill(row)                   # [V] causal prediction after the cache
+        self.fresh = 0
         self.text_order = text_order(list(row.prompt), engine.ids)
-        self.draft: list[int] = self._lookup()          # the next round's draft to verify
+        self.draft, self.looked_up = Draft(), False
+        self._prefill(row)
 
     def run(self, poll) -> None:
         """Rounds until the row finishes; `poll` (between rounds) finishes it when cancelled."""
@@ -112,39 +173,49 @@ class _Round:
     # ---------------------------------------------------------------- one round
 
     def _round(self) -> None:
-        n_fresh, draft = len(self.fresh), self.draft
-        width = min(self.config.block_size, max(1, self.config.max_tokens - len(self.row.ids) - len(draft)))
-        queries = self.fresh + draft + [self.mask_id] * width
-        logits = self._forward(queries, verified=n_fresh + len(draft))          # [Q, V]
+        draft = self.draft
+        width = 0 if self.looked_up else self._width(len(draft))     # lookup's tree pays better than masks
+        queries = [self.fresh] + draft.tokens + [self.mask_id] * width
+        logits = self._forward(queries, draft, width)                           # [Q, V]
         self.row.nfe += 1
-        # greedy[k]: the causal next token after the first k queries (k = 0: after the cache)
-        greedy = torch.cat([self.last[None], logits[:n_fresh + len(draft)]]).argmax(dim=-1).tolist()
-        agree = 0
-        while agree < len(draft) and draft[agree] == greedy[n_fresh + agree]:
-            agree += 1
-        kept = n_fresh + agree                           # queries whose KV stays (causal, right tokens)
-        nxt = greedy[kept]                               # the correction, or the token after a whole draft
-        self.cache.crop(-(len(queries) - kept))
-        if kept:
-            self.last = logits[kept - 1]
-        self.pos += kept
-        self.fresh = [nxt]                               # accepted now, cached by the next round
+        path, nxt = self._verify(logits, draft)
+        kept = [0] + [1 + node for node in path]         # queries whose KV stays (causal, right tokens)
+        self._keep(kept, len(queries))
+        self.pos += len(kept)
+        self.fresh = nxt                                 # accepted now, cached by the next round
         # the masks followed the whole draft: only then were they conditioned on the right tokens
-        self.draft = self._draft(logits, n_fresh + len(draft), width) if agree == len(draft) else []
-        self._accept(draft[:agree] + [nxt])
-        if not self.row.done:                            # a lookup draft, when there is one, beats the masks'
-            self.draft = self._lookup() or self.draft
+        whole = width and len(path) == len(draft)
+        masks_draft = Draft.chain(self._draft(logits, 1 + len(draft), width)) if whole else Draft()
+        self._accept([draft.tokens[node] for node in path] + [nxt])
+        if not self.row.done:
+            self._next_draft(masks_draft)
+
+    def _verify(self, logits: torch.Tensor, draft: Draft) -> tuple[list[int], int]:
+        """Walk the draft along the network's own causal predictions: the nodes it agrees with
+        (a path from the root) and the prediction after the last of them, the correction or,
+        at a leaf, the token after the whole branch."""
+        path, node = [], -1
+        token = int(logits[0].argmax())                  # the causal prediction after the fresh token
+        while (child := draft.child(node, token)) is not None:
+            path.append(child)
+            node = child
+            token = int(logits[1 + child].argmax())
+        return path, token
+
+    def _next_draft(self, masks_draft: Draft) -> None:
+        """Lookup's candidates when it finds any, merged into a tree; else the masks' own draft."""
+        room = min(self.config.lookup, self.config.max_tokens - len(self.row.ids) - 1)
+        found = lookup_drafts(self.text_order + self.row.ids, room, self.config.lookup_candidates)
+        self.draft, self.looked_up = (Draft.trie(found), True) if found else (masks_draft, False)
+
+    def _width(self, drafted: int) -> int:
+        """Mask slots after a draft of `drafted` tokens: a block, or what room is left, at least 1."""
+        return min(self.config.block_size, max(1, self.config.max_tokens - len(self.row.ids) - drafted))
 
     def _draft(self, logits: torch.Tensor, start: int, width: int) -> list[int]:
         """The guesses of the mask block at query `start` [W - 1]: its slot 0 stands for the token
         just accepted, and slot j's logits (shifted) guess the token after slot j."""
         return logits[start:start + width - 1].argmax(dim=-1).tolist()
-
-    def _lookup(self) -> list[int]:
-        """A draft by prompt lookup (config.lookup tokens at most, none when it is 0), from
-        the document in reading order with the middle so far at its end."""
-        room = min(self.config.lookup, self.config.max_tokens - len(self.row.ids) - 1)
-        return lookup_draft(self.text_order + self.row.ids, room)
 
     def _accept(self, tokens: list[int]) -> None:
         """Append accepted tokens to the middle with the engines' stop rules (Engine.take); what
@@ -156,28 +227,62 @@ class _Round:
 
     # ---------------------------------------------------------------- forwards
 
-    def _prefill(self, row) -> torch.Tensor:
+    def _prefill(self, row) -> None:
         """The prompt, causal, over the KV it shares with the document's last request (row.past,
-        exact: as in the AR and block engines), which then keeps this prompt's KV; only the last
-        position is projected onto the vocabulary."""
+        exact: as in the AR and block engines), which then keeps this prompt's KV, and a mask block
+        after it in the same forward. The prompt's last position gives the first token (causal, so
+        exactly greedy's), the masks a first draft: the first round then verifies a draft instead
+        of only drafting. The masks' KV is dropped."""
         ids, mask, positions, self.cache = prefill_inputs([row.prompt], [row.past], self.engine.ids.pad,
                                                           self.device, self.lm.model.config)
-        logits, _ = self.lm.forward(self.cache, input_ids=ids, attention_mask=mask, position_ids=positions,
-                                    use_cache=True, **self.engine.keep_last)
+        width = min(self.config.block_size, self.config.max_tokens)
+        masks = torch.full((1, width), self.mask_id, dtype=ids.dtype, device=self.device)
+        after = positions[:, -1:] + 1 + torch.arange(width, device=self.device)[None]      # [1, W]
+        keep = {"logits_to_keep": width + 1} if self.engine.keep_last else {}
+        logits, _ = self.lm.forward(self.cache, input_ids=torch.cat([ids, masks], dim=1),
+                                    attention_mask=self._prefill_mask(mask, ids.shape[1], width),
+                                    position_ids=torch.cat([positions, after], dim=1), use_cache=True, **keep)
+        logits = logits[0, -(width + 1):].float().masked_fill(self.engine.banned, float("-inf"))   # [1 + W, V]
+        self.cache.crop(-width)
         remember_prompts(self.engine.kv_store, [row], self.cache, mask)
         row.nfe += 1                                     # the prefill counts, as in the AR and block engines
         self.pos = len(row.prompt)
-        return logits[0, -1].float().masked_fill(self.engine.banned, float("-inf"))
+        self.fresh = int(logits[0].argmax())             # the causal prediction after the prompt
+        self._accept([self.fresh])
+        if not row.done:
+            self._next_draft(Draft.chain(self._draft(logits, 1, width)))
 
-    def _forward(self, queries: list[int], verified: int) -> torch.Tensor:
-        """Logits [Q, V] (banned ids at -inf) of the queries over the cache; the first `verified`
-        queries attend causally, the masks see them all and each other."""
-        q = len(queries)
-        inner = torch.ones((q, q), dtype=torch.bool, device=self.device).tril()
-        inner[verified:, verified:] = True
-        cached = torch.ones((q, self.pos), dtype=torch.bool, device=self.device)
-        mask = torch.cat([cached, inner], dim=1)[None, None]                  # [1, 1, Q, K + Q]
-        positions = self.pos + torch.arange(q, device=self.device)[None]      # [1, Q]
+    def _prefill_mask(self, valid: torch.Tensor, t: int, width: int) -> torch.Tensor:
+        """[1, 1, T + W, K + W] bool for T new prompt tokens over K = cache + T keys (`valid`
+        [1, K]), then W masks: the prompt causal, the masks see the whole prompt and each other."""
+        k = valid.shape[1]
+        keys = torch.arange(k + width, device=self.device)                                  # [K + W]
+        rows = torch.cat([k - t + torch.arange(t, device=self.device),
+                          torch.full((width,), k + width - 1, device=self.device)])        # last key each query sees
+        seen = keys[None, :] <= rows[:, None]                                               # [T + W, K + W]
+        seen[:, :k] &= valid[0].bool()[None, :]
+        return seen[None, None]
+
+    def _forward(self, queries: list[int], draft: Draft, width: int) -> torch.Tensor:
+        """Logits [Q, V] (banned ids at -inf) of the queries [fresh, draft nodes, masks] over the
+        cache: the fresh token sees the cache, a node its ancestors and itself, the masks (after a
+        chain draft only) everything and each other. A node sits at its depth after the fresh token."""
+        q, n = len(queries), len(draft)
+        inner = torch.zeros((q, q), dtype=torch.bool)
+        inner[:, 0] = True
+        inner[1:1 + n, 1:1 + n] = draft.lineage()
+        inner[1 + n:, :] = True
+        cached = torch.ones((q, self.pos), dtype=torch.bool)
+        mask = torch.cat([cached, inner], dim=1)[None, None].to(self.device)          # [1, 1, Q, K + Q]
+        offsets = [0] + [1 + d for d in draft.depths()] + list(range(1 + n, 1 + n + width))
+        positions = self.pos + torch.tensor([offsets], device=self.device)             # [1, Q]
         logits, _ = self.lm.forward(self.cache, input_ids=torch.tensor([queries], device=self.device),
                                     attention_mask=mask, position_ids=positions, use_cache=True)
         return logits[0].float().masked_fill(self.engine.banned, float("-inf"))
+
+    def _keep(self, kept: list[int], queries: int) -> None:
+        """Of this round's queries' KV, keep those at `kept` (ascending), packed after the cache."""
+        if kept == list(range(len(kept))):
+            self.cache.crop(-(queries - len(kept)))
+        else:
+            keep_positions(self.cache, self.pos, kept)

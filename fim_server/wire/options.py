@@ -59,6 +59,9 @@ class DecodeConfig:
                             "model's own draft when found: what followed the latest earlier occurrence of the "
                             "last tokens in the document or middle (bundled coder: 17-29% fewer forwards, same "
                             "middle; bench/results/model_eval-lookup-{0,8}.json); 0 = off", lo=0, hi=64)
+    lookup_candidates: int = option(3, "lossless: verify up to N lookup continuations in one forward, merged "
+                                       "into a token tree (other earlier occurrences of the last tokens); "
+                                       "no mask block rides along a lookup draft", lo=1, hi=16)
     cache: str = option("dual", "none | prefix | dual", CACHE_MODES)
     refresh_every: int = option(0, "recompute the cache every N steps inside a block; 0 = at block start only",
                                 lo=0, hi=1 << 20)
