@@ -7,28 +7,31 @@ The prefill computes the prompt (causal) and a block of masks after it in one fo
 prompt's last position gives the first token, the masks a first draft. Then one forward per
 round, over the cache (the prompt and every accepted token, causal, so exact):
 
-    queries   fresh   the token the last round accepted last, not cached yet       causal
-              draft   a tree of guesses to verify; a node sees its ancestors        causal along a branch
-              masks   block_size slots, only after a draft of the masks' own        see all, and each other
+    queries   fresh   the token the last round accepted last, not cached yet    causal
+              draft   a tree of guesses to verify; a node sees its ancestors     causal along a branch
+              masks   block_size slots right after the fresh token               the fresh token, each other
 
 Shifted logits (the AR-initialised block coders): the logits at a position are the causal
 prediction of the token after it. Verification walks the draft from the fresh token along those
 predictions: the nodes it meets are kept, plus the prediction after the last of them (a
 correction, always right, or at a leaf the token after the whole branch). That token is cached by
 the next round. The kept queries' KV stays in the cache (packed when the branch is not the first);
-the rest is dropped. When a masks' draft was wholly accepted, the masks were conditioned on the
-right tokens and their guesses become the next draft (slot 0 stands for the token after the
-draft, slot j guesses the token after it); otherwise they are dropped.
+the rest is dropped.
 
-Every round, prompt lookup drafts first (Saxena's prompt lookup decoding): the up to
-config.lookup tokens that followed earlier occurrences of the last one to three tokens, in the
-document (suffix, then prefix, then the middle so far, so that the search ends at the cursor),
-up to config.lookup_candidates different continuations merged into one token tree (as Medusa and
-SpecInfer verify trees). Code repeats its names and lines, so such drafts are often right; a wrong
-one costs only its query slots. No mask block rides along a lookup tree: with the bundled block
-coder the masks' next draft was used in 5% of rounds and added 0.25 tokens there, while a second
-and third candidate took 11-16% fewer forwards at the same p50 on this CPU (HumanEval, 150
-single-line and 60 multi-line middles): the wider forward costs about what the saved rounds gain.
+The next draft is one tree of up to config.lookup_candidates + 1 branches (verified at once, as
+Medusa and SpecInfer verify trees):
+- prompt lookup (Saxena's prompt lookup decoding): the up to config.lookup tokens that followed
+  earlier occurrences of the last one to three tokens, in the document (suffix, then prefix, then
+  the middle so far, so that the search ends at the cursor), latest and longest match first,
+  different continuations only. Code repeats its names and lines, so these are often right.
+- the masks' guesses, when no draft token was kept: the masks sat right after the fresh token,
+  their slot 0 standing for the token this round accepted last (nxt), so slot j guesses the
+  token j after it, conditioned on exactly the right tokens. Masks placed after the draft would
+  be conditioned on it, and be of use only when all of it is right.
+A wrong branch costs only its query slots. With the bundled block coder, against one lookup
+chain with the masks after it: 2.16 -> 2.68 tokens per forward on 120 HumanEval single-line
+middles and 1.95 -> 2.29 on 50 multi-line ones, at the same p50 on this 2-core CPU (the wider
+forward costs about what the saved rounds gain).
 
 Unshifted models (logit i predicts token i) make no causal next-token prediction, so they
 have no lossless mode here. Rows are decoded one at a time: their acceptance lengths differ,
@@ -102,10 +105,6 @@ class Draft:
         self.children: dict[tuple[int, int], int] = {(p, t): i for i, (t, p) in enumerate(zip(self.tokens, self.parents))}
 
     @classmethod
-    def chain(cls, tokens: list[int]) -> "Draft":
-        return cls(tokens, list(range(-1, len(tokens) - 1)))
-
-    @classmethod
     def trie(cls, branches: list[list[int]]) -> "Draft":
         """The candidates merged on their shared starts."""
         draft = cls()
@@ -156,7 +155,7 @@ class _Round:
         self.pos = 0                                     # position of the first uncached token
         self.fresh = 0
         self.text_order = text_order(list(row.prompt), engine.ids)
-        self.draft, self.looked_up = Draft(), False
+        self.draft = Draft()                             # the next round's tree to verify
         self._prefill(row)
 
     def run(self, poll) -> None:
@@ -174,7 +173,7 @@ class _Round:
 
     def _round(self) -> None:
         draft = self.draft
-        width = 0 if self.looked_up else self._width(len(draft))     # lookup's tree pays better than masks
+        width = self._width()
         queries = [self.fresh] + draft.tokens + [self.mask_id] * width
         logits = self._forward(queries, draft, width)                           # [Q, V]
         self.row.nfe += 1
@@ -183,12 +182,12 @@ class _Round:
         self._keep(kept, len(queries))
         self.pos += len(kept)
         self.fresh = nxt                                 # accepted now, cached by the next round
-        # the masks followed the whole draft: only then were they conditioned on the right tokens
-        whole = width and len(path) == len(draft)
-        masks_draft = Draft.chain(self._draft(logits, 1 + len(draft), width)) if whole else Draft()
+        # the masks sit right after the fresh token, slot 0 standing for the token after it: their
+        # guesses follow nxt exactly when no draft token was kept
+        guesses = self._guesses(logits, 1 + len(draft), width) if not path else []
         self._accept([draft.tokens[node] for node in path] + [nxt])
         if not self.row.done:
-            self._next_draft(masks_draft)
+            self._next_draft(guesses)
 
     def _verify(self, logits: torch.Tensor, draft: Draft) -> tuple[list[int], int]:
         """Walk the draft along the network's own causal predictions: the nodes it agrees with
@@ -202,17 +201,19 @@ class _Round:
             token = int(logits[1 + child].argmax())
         return path, token
 
-    def _next_draft(self, masks_draft: Draft) -> None:
-        """Lookup's candidates when it finds any, merged into a tree; else the masks' own draft."""
-        room = min(self.config.lookup, self.config.max_tokens - len(self.row.ids) - 1)
-        found = lookup_drafts(self.text_order + self.row.ids, room, self.config.lookup_candidates)
-        self.draft, self.looked_up = (Draft.trie(found), True) if found else (masks_draft, False)
+    def _next_draft(self, guesses: list[int]) -> None:
+        """Lookup's candidates, then the masks' guesses (when they follow the fresh token), merged
+        into one tree; each no longer than the room left after the fresh token."""
+        room = max(0, self.config.max_tokens - len(self.row.ids) - 1)
+        found = lookup_drafts(self.text_order + self.row.ids, min(self.config.lookup, room),
+                              self.config.lookup_candidates)
+        self.draft = Draft.trie(found + [guesses[:room]])
 
-    def _width(self, drafted: int) -> int:
-        """Mask slots after a draft of `drafted` tokens: a block, or what room is left, at least 1."""
-        return min(self.config.block_size, max(1, self.config.max_tokens - len(self.row.ids) - drafted))
+    def _width(self) -> int:
+        """Mask slots: a block, or the room left, at least 1."""
+        return min(self.config.block_size, max(1, self.config.max_tokens - len(self.row.ids)))
 
-    def _draft(self, logits: torch.Tensor, start: int, width: int) -> list[int]:
+    def _guesses(self, logits: torch.Tensor, start: int, width: int) -> list[int]:
         """The guesses of the mask block at query `start` [W - 1]: its slot 0 stands for the token
         just accepted, and slot j's logits (shifted) guess the token after slot j."""
         return logits[start:start + width - 1].argmax(dim=-1).tolist()
@@ -250,7 +251,7 @@ class _Round:
         self.fresh = int(logits[0].argmax())             # the causal prediction after the prompt
         self._accept([self.fresh])
         if not row.done:
-            self._next_draft(Draft.chain(self._draft(logits, 1, width)))
+            self._next_draft(self._guesses(logits, 1, width))
 
     def _prefill_mask(self, valid: torch.Tensor, t: int, width: int) -> torch.Tensor:
         """[1, 1, T + W, K + W] bool for T new prompt tokens over K = cache + T keys (`valid`
@@ -265,16 +266,17 @@ class _Round:
 
     def _forward(self, queries: list[int], draft: Draft, width: int) -> torch.Tensor:
         """Logits [Q, V] (banned ids at -inf) of the queries [fresh, draft nodes, masks] over the
-        cache: the fresh token sees the cache, a node its ancestors and itself, the masks (after a
-        chain draft only) everything and each other. A node sits at its depth after the fresh token."""
+        cache: the fresh token sees the cache, a node its ancestors and itself, the masks the
+        fresh token and each other. A node sits at its depth after the fresh token, mask slot j at
+        j + 1."""
         q, n = len(queries), len(draft)
         inner = torch.zeros((q, q), dtype=torch.bool)
         inner[:, 0] = True
         inner[1:1 + n, 1:1 + n] = draft.lineage()
-        inner[1 + n:, :] = True
+        inner[1 + n:, 1 + n:] = True                      # masks: the fresh token and each other
         cached = torch.ones((q, self.pos), dtype=torch.bool)
         mask = torch.cat([cached, inner], dim=1)[None, None].to(self.device)          # [1, 1, Q, K + Q]
-        offsets = [0] + [1 + d for d in draft.depths()] + list(range(1 + n, 1 + n + width))
+        offsets = [0] + [1 + d for d in draft.depths()] + list(range(1, 1 + width))
         positions = self.pos + torch.tensor([offsets], device=self.device)             # [1, Q]
         logits, _ = self.lm.forward(self.cache, input_ids=torch.tensor([queries], device=self.device),
                                     attention_mask=mask, position_ids=positions, use_cache=True)
