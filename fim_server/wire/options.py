@@ -55,13 +55,12 @@ class DecodeConfig:
                                    "predictions, so the middle equals its greedy left-to-right decoding "
                                    "(shifted models; greedy only: a request that samples without naming "
                                    "it runs the threshold mode); the bundled block coder's default")
-    lookup: int = option(8, "lossless: draft up to N tokens by prompt lookup, verified instead of the "
-                            "model's own draft when found: what followed the latest earlier occurrence of the "
-                            "last tokens in the document or middle (bundled coder: 17-29% fewer forwards, same "
-                            "middle; bench/results/model_eval-lookup-{0,8}.json); 0 = off", lo=0, hi=64)
-    lookup_candidates: int = option(3, "lossless: verify up to N lookup continuations in one forward, merged "
-                                       "into a token tree (other earlier occurrences of the last tokens); "
-                                       "no mask block rides along a lookup draft", lo=1, hi=16)
+    lookup: int = option(8, "lossless: draft up to N tokens by prompt lookup, what followed earlier occurrences "
+                            "of the last tokens in the document or middle, verified beside the masks' "
+                            "guesses (bundled coder: 17-29% fewer forwards, same middle; "
+                            "bench/results/model_eval-lookup-{0,8}.json); 0 = off", lo=0, hi=64)
+    lookup_candidates: int = option(3, "lossless: up to N different lookup continuations, verified in one "
+                                       "forward as a token tree with the masks' guesses", lo=1, hi=16)
     cache: str = option("dual", "none | prefix | dual", CACHE_MODES)
     refresh_every: int = option(0, "recompute the cache every N steps inside a block; 0 = at block start only",
                                 lo=0, hi=1 << 20)
