@@ -105,7 +105,7 @@ FIM_TINY_BLOCK = register(Family(
                     "<|fim_middle|>"),
     context_tokens=256,
     # b4: 1.6x faster than b8 at better edit similarity (bench/results/engine-block.json); lossless:
-    # 0.64-0.70x the AR twin's p50 at edit similarity within 0.011 of it (bench/results/pair-s6-*)
+    # 0.56-0.71x the AR twin's p50 at edit similarity within 0.012 of it (bench/results/pair-s6t-*)
     defaults=(("block_size", 4), ("lossless", True)),
     description="the project's block-diffusion FIM coder (Qwen2 from the AR twin: PSM prompt, "
                 "causal across blocks, bidirectional inside one, shifted logits)",
