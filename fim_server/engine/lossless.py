@@ -100,9 +100,10 @@ class Draft:
     `parents[i]` (-1: the root, the fresh token). Parents come before their children, and the
     first candidate's nodes come first, so accepting along it keeps the cache contiguous."""
 
-    def __init__(self, tokens: list[int] | None = None, parents: list[int] | None = None):
-        self.tokens, self.parents = list(tokens or []), list(parents or [])
-        self.children: dict[tuple[int, int], int] = {(p, t): i for i, (t, p) in enumerate(zip(self.tokens, self.parents))}
+    def __init__(self):
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self.children: dict[tuple[int, int], int] = {}       # (parent, token) -> node
 
     @classmethod
     def trie(cls, branches: list[list[int]]) -> "Draft":
@@ -144,8 +145,8 @@ class Draft:
 
 
 class _Round:
-    """One row's decoding state: the cache, the token accepted last and not cached yet (fresh),
-    the draft to verify, and whether it came from lookup."""
+    """One row's decoding state: the cache, the token accepted last and not cached yet (fresh)
+    and the draft to verify."""
 
     def __init__(self, engine, row, config: DecodeConfig):
         self.engine, self.row, self.config = engine, row, config
@@ -153,7 +154,7 @@ class _Round:
         self.device = engine.lm.device
         self.mask_id = engine.ids.mask
         self.pos = 0                                     # position of the first uncached token
-        self.fresh = 0
+        self.fresh = 0                                   # set by the prefill
         self.text_order = text_order(list(row.prompt), engine.ids)
         self.draft = Draft()                             # the next round's tree to verify
         self._prefill(row)
@@ -193,12 +194,11 @@ class _Round:
         """Walk the draft along the network's own causal predictions: the nodes it agrees with
         (a path from the root) and the prediction after the last of them, the correction or,
         at a leaf, the token after the whole branch."""
-        path, node = [], -1
-        token = int(logits[0].argmax())                  # the causal prediction after the fresh token
+        greedy = logits[:1 + len(draft)].argmax(dim=-1).tolist()     # one host sync: after fresh, after each node
+        path, node, token = [], -1, greedy[0]
         while (child := draft.child(node, token)) is not None:
             path.append(child)
-            node = child
-            token = int(logits[1 + child].argmax())
+            node, token = child, greedy[1 + child]
         return path, token
 
     def _next_draft(self, guesses: list[int]) -> None:
