@@ -129,11 +129,13 @@ def test_a_tree_of_candidates_shares_their_starts():
     assert chain.parents == [-1, 0] and chain.depths() == [0, 1]
 
 
-def test_keep_positions_packs_the_kept_tail(engine):
-    cache = new_cache(engine.model.config)
-    layers = engine.model.config.num_hidden_layers
+@pytest.mark.parametrize("reserved", [True, False])
+def test_keep_positions_packs_the_kept_tail(engine, reserved):
+    """The engines' reserved-room cache and transformers' plain one alike."""
+    config = engine.model.config
+    cache = new_cache(config) if reserved else DynamicCache(config=config)
     keys = torch.arange(7.0).reshape(1, 1, 7, 1).expand(1, 2, 7, 3).contiguous()
-    for layer in range(layers):
+    for layer in range(config.num_hidden_layers):
         cache.update(keys, -keys, layer)
     keep_positions(cache, 3, [0, 2, 3])                  # positions 3, 5, 6 stay, after 0, 1, 2
     for layer in cache.layers:

@@ -107,9 +107,11 @@ def keep_positions(cache: DynamicCache, start: int, keep: list[int]) -> None:
             for buffer in layer.buffers:
                 buffer[..., start:start + len(keep), :] = buffer[..., index, :]      # the gather copies first
             layer._view(start + len(keep))
-        else:
+        elif type(layer) is DynamicLayer:
             layer.keys = torch.cat([layer.keys[..., :start, :], layer.keys[..., index, :]], dim=-2)
             layer.values = torch.cat([layer.values[..., :start, :], layer.values[..., index, :]], dim=-2)
+        else:                     # a sliding window keeps its own count of positions seen
+            raise ValueError(f"cannot keep chosen positions of a {type(layer).__name__} cache layer")
 
 
 def new_cache(config, data: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None) -> DynamicCache:
