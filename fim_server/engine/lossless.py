@@ -28,10 +28,12 @@ Medusa and SpecInfer verify trees):
   their slot 0 standing for the token this round accepted last (nxt), so slot j guesses the
   token j after it, conditioned on exactly the right tokens. Masks placed after the draft would
   be conditioned on it, and be of use only when all of it is right.
-A wrong branch costs only its query slots. With the bundled block coder, against one lookup
-chain with the masks after it: 2.16 -> 2.68 tokens per forward on 120 HumanEval single-line
-middles and 1.95 -> 2.29 on 50 multi-line ones, at the same p50 on this 2-core CPU (the wider
-forward costs about what the saved rounds gain).
+A wrong branch costs only its query slots. With the bundled block coder, against the drafts of
+before (one lookup chain with the masks after it, a first round that only drafts): 1.97 -> 2.71
+tokens per forward on 150 HumanEval single-line middles and 1.87 -> 2.46 on 60 multi-line ones,
+p50 0.62x -> 0.54x the AR twin's on this 2-core CPU (bench/results/lossless-drafts-versions.txt).
+Against one lookup chain with the masks' branch, the tree's wider forward costs about what its
+saved rounds gain, so the p50 barely moves.
 
 Unshifted models (logit i predicts token i) make no causal next-token prediction, so they
 have no lossless mode here. Rows are decoded one at a time: their acceptance lengths differ,
@@ -236,7 +238,7 @@ class _Round:
         of only drafting. The masks' KV is dropped."""
         ids, mask, positions, self.cache = prefill_inputs([row.prompt], [row.past], self.engine.ids.pad,
                                                           self.device, self.lm.model.config)
-        width = min(self.config.block_size, self.config.max_tokens)
+        width = self._width()                            # nothing accepted yet: a block, or max_tokens
         masks = torch.full((1, width), self.mask_id, dtype=ids.dtype, device=self.device)
         after = positions[:, -1:] + 1 + torch.arange(width, device=self.device)[None]      # [1, W]
         keep = {"logits_to_keep": width + 1} if self.engine.keep_last else {}
