@@ -129,6 +129,34 @@ def test_whole_lines_sets_the_share_of_line_cuts():
         assert kinds == expect
 
 
+def test_pause_points_are_never_inside_a_word_or_indentation():
+    from fim_server.train.data import pause_points
+
+    text = "def add(a, b):\n    return a + b\n"
+    points = {text[:a].split("\n")[-1] + "|" for a in pause_points(text, 15, len(text) - 1)}
+    assert points == {"|", "    |", "    return|", "    return |", "    return a|", "    return a |", "    return a +|",
+                      "    return a + |"}
+
+
+def test_word_cuts_put_rest_of_line_cursors_at_pause_points():
+    import random
+
+    from fim_server.train.data import _word_char, random_split
+
+    text = _sources()[0].text
+
+    def mid_word(share):
+        rng = random.Random(0)
+        cuts = [s for s in (random_split(text, rng, whole_lines=0.0, word_cuts=share) for _ in range(400))
+                if s and s.kind == "midline"]
+        return sum(_word_char(s.prefix[-1]) and _word_char(s.middle[0]) for s in cuts), len(cuts)
+
+    inside, total = mid_word(0.0)
+    assert total > 100 and inside > total // 10       # uniform cursors often fall inside words
+    inside, total = mid_word(1.0)
+    assert total > 100 and inside == 0
+
+
 def test_ar_batches_mark_the_middle_labels_and_scale_with_the_drawn_length():
     from fim_server.train.recipe import IGNORE, Batches, Specials, ar_example
     from transformers import PreTrainedTokenizerFast
@@ -179,7 +207,8 @@ def test_context_weight_zero_is_the_middle_only_loss_and_one_the_plain_loss(ar_r
 
 @pytest.mark.parametrize("flags, message", [
     (["--objective", "block", "--context-mix", "256"], "--context-mix applies to --objective ar only"),
-    (["--objective", "ar", "--whole-lines", "1.5"], "--whole-lines must lie in"),
+    (["--objective", "ar", "--whole-lines", "1.5"], "--whole-lines and --word-cuts must lie in"),
+    (["--objective", "ar", "--word-cuts", "-0.1"], "--whole-lines and --word-cuts must lie in"),
     (["--objective", "ar", "--context-weight", "-1"], "--context-weight must not be negative"),
 ])
 def test_train_refuses_options_it_cannot_honour(flags, message):

@@ -208,11 +208,26 @@ def _line_starts(text: str) -> list[int]:
     return starts
 
 
+def _word_char(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+def pause_points(text: str, lo: int, hi: int) -> list[int]:
+    """Cursor positions in text[lo:hi] where typing pauses: neither between two identifier
+    characters (inside a word) nor between two blanks (inside indentation). After `return `,
+    `(`, `.` or `= `: where an editor asks for most completions."""
+    return [a for a in range(max(lo, 1), hi)
+            if not (_word_char(text[a - 1]) and _word_char(text[a]))
+            and not (text[a - 1] in " \t" and text[a] in " \t")]
+
+
 def random_split(text: str, rng: random.Random, max_middle_chars: int = 240,
-                 whole_lines: float = 0.5) -> Optional[FimSplit]:
+                 whole_lines: float = 0.5, word_cuts: float = 0.0) -> Optional[FimSplit]:
     """Cut one middle out of `text` the way completions happen: whole lines (a `whole_lines`
     share of the cuts), the rest of a line, or an arbitrary character span (the remaining cuts,
-    3:2)."""
+    3:2). A `word_cuts` share of the rest-of-line cuts puts the cursor at a pause point
+    (`pause_points`), the rest anywhere in the line: uniform cursors fall mostly inside words,
+    so a model trained only on them starts a middle after `return ` with a word fragment."""
     starts = _line_starts(text)
     if len(starts) < 3:
         return None
@@ -227,7 +242,8 @@ def random_split(text: str, rng: random.Random, max_middle_chars: int = 240,
         line_end = starts[i + 1] - 1
         if line_end <= starts[i]:
             return None
-        a = rng.randrange(starts[i], line_end)
+        pauses = pause_points(text, starts[i], line_end) if word_cuts and rng.random() < word_cuts else []
+        a = rng.choice(pauses) if pauses else rng.randrange(starts[i], line_end)
         b = line_end + (1 if rng.random() < 0.3 else 0)
         kind = "midline"
     else:
@@ -245,9 +261,10 @@ class ExampleSampler:
     draws (it is about 6% of the package corpus by length)."""
 
     def __init__(self, sources: list[Source], seed: int, window_chars: int = 2400, stdlib_share: float = 0.0,
-                 whole_lines: float = 0.5):
+                 whole_lines: float = 0.5, word_cuts: float = 0.0):
         self.sources = sources
         self.whole_lines = whole_lines
+        self.word_cuts = word_cuts
         self.rng = random.Random(seed)
         self.window_chars = window_chars
         self.weights = stdlib_weighted([len(s.text) for s in sources],
@@ -266,7 +283,7 @@ class ExampleSampler:
         for _ in range(100):
             text = self.window()
             # put the cursor well inside the window so both sides have context
-            split = random_split(text, self.rng, whole_lines=self.whole_lines)
+            split = random_split(text, self.rng, whole_lines=self.whole_lines, word_cuts=self.word_cuts)
             if split and split.middle.strip():
                 return split
         raise RuntimeError("could not cut a FIM example from the data")

@@ -72,6 +72,7 @@ class TrainConfig:
     corpus: str = ""                 # a package corpus fetched by `python -m fim_server.train.packages`
     stdlib_share: float = 0.0        # share of training windows from the standard library (0: by length, ~6% of the corpus)
     whole_lines: float = 0.5         # share of FIM cuts at line boundaries (the rest: rest-of-line and span cuts, 3:2)
+    word_cuts: float = 0.0           # share of rest-of-line cuts whose cursor is at a pause point (data.pause_points)
     context_weight: float = 1.0      # ar: loss weight of prefix/suffix tokens against middle tokens (1: plain LM loss)
     context_mix: str = ""            # ar: comma-separated sequence lengths, one drawn per batch; the batch grows
                                      # so that a batch stays batch x seq_len tokens (short contexts, more middles)
@@ -201,7 +202,8 @@ class Batches:
         self.tok, self.cfg = tok, cfg
         self.sp = Specials(tok)
         self.sampler = ExampleSampler(sources, seed, window_chars=WINDOW_CHARS_PER_TOKEN * cfg.seq_len,
-                                      stdlib_share=cfg.stdlib_share, whole_lines=cfg.whole_lines)
+                                      stdlib_share=cfg.stdlib_share, whole_lines=cfg.whole_lines,
+                                      word_cuts=cfg.word_cuts)
         self.lengths = ar_lengths(cfg) if cfg.objective == "ar" else [cfg.seq_len]
         self.rng = random.Random(seed + 1)
         self.teacher = teacher
@@ -475,8 +477,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("--objective must be diffusion, ar or block")
     if cfg.context_mix and cfg.objective != "ar":
         raise SystemExit("--context-mix applies to --objective ar only")
-    if not 0.0 <= cfg.whole_lines <= 1.0 or cfg.context_weight < 0:
-        raise SystemExit("--whole-lines must lie in [0, 1] and --context-weight must not be negative")
+    if not 0.0 <= cfg.whole_lines <= 1.0 or not 0.0 <= cfg.word_cuts <= 1.0 or cfg.context_weight < 0:
+        raise SystemExit("--whole-lines and --word-cuts must lie in [0, 1] and --context-weight must not be negative")
     path = train(cfg)
     print(f"model written to {path}")
     return 0
