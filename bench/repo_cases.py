@@ -5,6 +5,9 @@ Kinds of middle:
   block    2 to 6 consecutive lines, first and last non-blank
   ast      the source text of a random statement or expression node
   midline  the rest of a line after a random character (line break excluded)
+  pause    the rest of a line after a pause point: after a space, bracket or operator, never
+           inside a word or the indentation (fim_server.train.data.pause_points; not in KINDS,
+           the repository suite's default mix, so its cases stay as they were)
 
 Sampling is a pure function of (file contents, seed, n, kinds): files are sorted and all
 choices come from one random.Random(seed), so the same inputs give identical cases.
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from bench.cases import FimCase
+from fim_server.train.data import pause_points
 
 KINDS = ("line", "block", "ast", "midline")
 MAX_FILE_BYTES = 1_000_000
@@ -145,11 +149,24 @@ def _sample_midline(src: SourceFile, rng: random.Random) -> Optional[Span]:
     return start + cut, start + len(content)
 
 
+def _sample_pause(src: SourceFile, rng: random.Random) -> Optional[Span]:
+    k = rng.choice(src.non_blank)
+    start = src.line_starts[k]
+    content = LINE_BREAK.sub("", src.line(k))
+    code_end = start + len(content.rstrip())
+    # a cursor with code before it on the line, and code after it
+    points = [a for a in pause_points(src.text, start, code_end) if src.text[start:a].strip()]
+    if not points:
+        return None
+    return rng.choice(points), start + len(content)
+
+
 SAMPLERS: dict[str, Callable[[SourceFile, random.Random], Optional[Span]]] = {
     "line": _sample_line,
     "block": _sample_block,
     "ast": _sample_ast,
     "midline": _sample_midline,
+    "pause": _sample_pause,
 }
 
 
@@ -174,7 +191,7 @@ def sample_cases(
     kinds = tuple(kinds)
     unknown = set(kinds) - set(SAMPLERS)
     if unknown:
-        raise ValueError(f"unknown kinds {sorted(unknown)}; known: {KINDS}")
+        raise ValueError(f"unknown kinds {sorted(unknown)}; known: {tuple(SAMPLERS)}")
     # Sorted so that the caller's file order cannot change the cases; blank files have
     # nothing to cut.
     sources = sorted((src for src in sources if src.non_blank), key=lambda src: src.name)

@@ -124,6 +124,24 @@ def test_repo_case_kinds_have_their_shape(repo):
             assert case.middle in segments
 
 
+def test_pause_cases_put_the_cursor_between_words_with_code_before_it(repo):
+    cases = sample_repo_cases(repo, n=30, seed=2, kinds=("pause",))
+    assert len(cases) == 30 and {c.kind for c in cases} == {"pause"}
+    for case in cases:
+        name = case.id.split(":", 1)[0]
+        assert case.prefix + case.middle + case.suffix == FILES[name], case.id
+        before, after = case.prefix[-1], case.middle[0]
+        assert not ((before.isalnum() or before == "_") and (after.isalnum() or after == "_")), case.id
+        assert "\n" not in case.middle and case.middle.strip()
+        assert case.prefix.splitlines()[-1].strip()          # code before the cursor on its line
+    assert any(c.prefix.endswith(" ") for c in cases)        # e.g. after `return `
+
+
+def test_an_unknown_kind_names_the_known_ones(repo):
+    with pytest.raises(ValueError, match="pause"):
+        sample_repo_cases(repo, n=3, seed=0, kinds=("nope",))
+
+
 def test_repo_sampling_is_reproducible(repo):
     first = sample_repo_cases(repo, n=40, seed=7)
     assert sample_repo_cases(repo, n=40, seed=7) == first

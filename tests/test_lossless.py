@@ -62,17 +62,22 @@ def greedy_reference(engine, req, max_tokens: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("block,lookup,candidates", [(1, 0, 1), (4, 0, 1), (8, 0, 1), (1, 8, 1), (4, 8, 1),
-                                                     (4, 8, 3)])
-def test_lossless_equals_greedy_left_to_right_on_real_files(engine, references, block, lookup, candidates,
+@pytest.mark.parametrize("block,lookup,candidates,ngram", [(1, 0, 1, 0), (4, 0, 1, 0), (8, 0, 1, 0), (1, 8, 1, 0),
+                                                           (4, 8, 1, 0), (4, 8, 3, 0), (4, 8, 3, 6)])
+def test_lossless_equals_greedy_left_to_right_on_real_files(engine, references, block, lookup, candidates, ngram,
                                                             monkeypatch):
-    """Every draft (the masks' guesses, a tree of lookup candidates and the guesses) leaves the
-    middle the greedy one; with several branches some rounds accept one after the first, so the
-    cache is packed (keep_positions) rather than cropped."""
+    """Every draft (the masks' guesses, a tree of lookup candidates and the guesses, the bundled
+    next-token table's chain) leaves the middle the greedy one; with several branches some rounds
+    accept one after the first, so the cache is packed (keep_positions) rather than cropped."""
     packed = []
     monkeypatch.setattr(lossless, "keep_positions", lambda *a: packed.append(a[2]) or keep_positions(*a))
+    if ngram:
+        assert engine.ngrams is not None and len(engine.ngrams) > 1000     # the bundled table
+        chains = []
+        real_chain = engine.ngrams.chain
+        monkeypatch.setattr(engine.ngrams, "chain", lambda *a: chains.append(real_chain(*a)) or chains[-1])
     config = DecodeConfig(engine="block", max_tokens=20, block_size=block, lossless=True, repetition_guard=False,
-                          lookup=lookup, lookup_candidates=candidates)
+                          lookup=lookup, lookup_candidates=candidates, ngram=ngram)
     cases = real_cases()
     results = engine.infill(cases, config)
     for req, got in zip(cases, results):
@@ -83,6 +88,38 @@ def test_lossless_equals_greedy_left_to_right_on_real_files(engine, references, 
         assert not packed
     if candidates > 1:            # some rounds accept a branch after the first
         assert packed
+    if ngram:                     # the table proposed drafts in many rounds (about half, measured)
+        assert sum(bool(c) for c in chains) >= len(chains) // 4
+
+
+def test_a_table_that_knows_the_greedy_middle_saves_forwards_and_a_wrong_one_changes_nothing(engine, references,
+                                                                                             monkeypatch):
+    """A next-token table counted on the greedy middles themselves drafts them (fewer forwards);
+    one that always proposes a token greedy never picks saves none, the middle staying greedy."""
+    import numpy as np
+
+    from fim_server.engine.ngrams import NgramTable
+    from fim_server.train.ngrams import most_frequent_next
+
+    cases = real_cases()
+    config = DecodeConfig(engine="block", max_tokens=20, block_size=4, lossless=True, repetition_guard=False,
+                          lookup=0, ngram=8)
+    vocab = len(engine.tok)
+    # the text before the cursor ends text_order(prompt): the chain starts from its last tokens
+    streams = [np.array(text_order(engine.start(r, config).prompt, engine.ids)[-3:] + references[r.id])
+               for r in cases]
+    knowing = NgramTable({n: most_frequent_next(streams, n, vocab, 1) for n in (3, 2)}, vocab, "")
+    never = engine.ids.pad                               # banned: greedy never picks it
+    wrong = NgramTable({n: (ctx, np.full(len(ctx), never, dtype=np.int32))
+                        for n, (ctx, _) in knowing.tables.items()}, vocab, "")
+    runs = {}
+    for name, table in (("none", None), ("knowing", knowing), ("wrong", wrong)):
+        monkeypatch.setattr(engine, "ngrams", table)
+        runs[name] = engine.infill(cases, config)
+    for name, results in runs.items():
+        assert [r.token_ids for r in results] == [references[r.id] for r in cases], name
+    nfe = {name: sum(r.stats.nfe for r in results) for name, results in runs.items()}
+    assert nfe["knowing"] < nfe["none"] == nfe["wrong"]
 
 
 def test_lookup_drafts_save_forwards_where_the_document_repeats_itself(engine):

@@ -39,6 +39,7 @@ from .base import PSM, Engine, RowState, Timing
 from .batching import pad_batch
 from .layout import fit_context
 from .lossless import decode_lossless
+from .ngrams import table_for
 from .kv import RowKV, new_cache
 from .prefix_store import PrefixStore, prefill_inputs, remember_prompts
 from .types import InfillRequest, InfillResult, ShouldStop, Stats
@@ -166,6 +167,7 @@ class BlockEngine(PSM, Engine):
         self.aligned = lm.family.aligned_blocks
         self.end_ids = torch.tensor(self.ids.end_of_middle, device=lm.device)      # [E]
         self.keep_last = {"logits_to_keep": 1} if takes_logits_to_keep(self.model) else {}
+        self.ngrams = table_for(lm.source, self.tok)       # lossless drafts; None when the checkpoint has none
 
     def budget(self, config: DecodeConfig) -> int:
         """Aligned blocks: the last block may run up to block_size - 1 masks past max_tokens."""

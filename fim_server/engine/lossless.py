@@ -28,6 +28,11 @@ Medusa and SpecInfer verify trees):
   their slot 0 standing for the token this round accepted last (nxt), so slot j guesses the
   token j after it, conditioned on exactly the right tokens. Masks placed after the draft would
   be conditioned on it, and be of use only when all of it is right.
+- the next-token table's chain (engine/ngrams.py, when the checkpoint has one): the token
+  that most often followed the last three (or two) tokens in the training corpus, appended and
+  asked again, up to config.ngram tokens. Common idioms the document has not used yet; with the
+  bundled block coder it raised tokens per forward from 2.46 to 2.75 on 60 HumanEval
+  multi-line middles and from 2.09 to 2.52 on 50 repository ones, same middles.
 A wrong branch costs only its query slots. With the bundled block coder, against the drafts of
 before (one lookup chain with the masks after it, a first round that only drafts): 1.97 -> 2.71
 tokens per forward on 150 HumanEval single-line middles and 1.87 -> 2.46 on 60 multi-line ones,
@@ -204,12 +209,16 @@ class _Round:
         return path, token
 
     def _next_draft(self, guesses: list[int]) -> None:
-        """Lookup's candidates, then the masks' guesses (when they follow the fresh token), merged
-        into one tree; each no longer than the room left after the fresh token."""
+        """Lookup's candidates, the masks' guesses (when they follow the fresh token), then the
+        next-token table's chain, merged into one tree; each no longer than the room left after
+        the fresh token."""
         room = max(0, self.config.max_tokens - len(self.row.ids) - 1)
-        found = lookup_drafts(self.text_order + self.row.ids, min(self.config.lookup, room),
-                              self.config.lookup_candidates)
-        self.draft = Draft.trie(found + [guesses[:room]])
+        seen = self.text_order + self.row.ids
+        branches = lookup_drafts(seen, min(self.config.lookup, room), self.config.lookup_candidates)
+        branches.append(guesses[:room])
+        if self.engine.ngrams is not None and self.config.ngram:
+            branches.append(self.engine.ngrams.chain(seen, min(self.config.ngram, room)))
+        self.draft = Draft.trie(branches)
 
     def _width(self) -> int:
         """Mask slots: a block, or the room left, at least 1."""

@@ -61,6 +61,9 @@ class DecodeConfig:
                             "bench/results/model_eval-lookup-{0,8}.json); 0 = off", lo=0, hi=64)
     lookup_candidates: int = option(3, "lossless: up to N different lookup continuations, verified in one "
                                        "forward as a token tree with the masks' guesses", lo=1, hi=16)
+    ngram: int = option(6, "lossless: draft up to N tokens more by chaining the checkpoint's next-token table "
+                           "(draft_ngrams.safetensors beside the weights, counted on its training corpus; "
+                           "python -m fim_server.train.ngrams), one more branch of the tree; 0 = off", lo=0, hi=64)
     cache: str = option("dual", "none | prefix | dual", CACHE_MODES)
     refresh_every: int = option(0, "recompute the cache every N steps inside a block; 0 = at block start only",
                                 lo=0, hi=1 << 20)
