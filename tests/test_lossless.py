@@ -184,6 +184,8 @@ def test_text_order_puts_the_cursor_at_the_end(engine):
     ids = engine.ids
     prompt = [ids.fim_prefix, 10, 11, ids.fim_suffix, 20, 21, ids.fim_middle]
     assert text_order(prompt, ids) == [20, 21, 10, 11]
+    spm = [ids.fim_suffix, 20, 21, ids.fim_prefix, 10, 11, ids.fim_middle]
+    assert text_order(spm, ids) == [20, 21, 10, 11]
     assert text_order([10, 11], ids) == [10, 11]
 
 

@@ -47,6 +47,26 @@ def test_checkpoint_declares_its_logit_convention(tmp_path):
     assert load_model(str(path), kind="diffusion").family.shifted is True
 
 
+def test_checkpoint_declares_its_prompt_order(tmp_path):
+    """config.json fim_order (fim-server train --fim-order) sets the order of the engines' prompt;
+    a value that is neither psm nor spm is a clear error."""
+    from fim_server.engine import load_engine
+
+    path = build_random_checkpoint(tmp_path, "fim-tiny-ar")
+    engine = load_engine("ar", str(path))
+    ids = engine.ids
+    assert engine.prompt([10], [20]) == [ids.fim_prefix, 10, ids.fim_suffix, 20, ids.fim_middle]
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["fim_order"] = "spm"
+    (path / "config.json").write_text(json.dumps(cfg))
+    engine = load_engine("ar", str(path))
+    assert engine.prompt([10], [20]) == [ids.fim_suffix, 20, ids.fim_prefix, 10, ids.fim_middle]
+    cfg["fim_order"] = "pms"
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="fim_order is 'pms'"):
+        load_model(str(path), kind="ar")
+
+
 def test_wrong_engine_for_a_model_is_a_clear_error(tmp_path):
     path = build_random_checkpoint(tmp_path, "fim-tiny-ar")
     with pytest.raises(ValueError, match="autoregressive|ar model"):

@@ -179,6 +179,24 @@ def test_ar_batches_mark_the_middle_labels_and_scale_with_the_drawn_length():
         Batches(tok, _sources(), TrainConfig(objective="ar", seq_len=256, context_mix="512"), seed=0)
 
 
+def test_spm_order_puts_the_prefix_next_to_the_middle_in_training_and_in_the_saved_config(tmp_path):
+    from fim_server.train.recipe import Batches, Specials, ar_example
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast.from_pretrained(BUNDLED_TOKENIZER)
+    sp = Specials(tok)
+    cfg = TrainConfig(objective="ar", seq_len=256, max_middle=16, batch=2, fim_order="spm")
+    ids, _, _ = ar_example(tok, sp, Batches(tok, _sources(), cfg, seed=0).sampler, cfg)
+    assert ids[0] == sp.suf and ids.index(sp.suf) < ids.index(sp.pre) < ids.index(sp.mid)
+    assert sp.prompt([10], [20], "spm") == [sp.suf, 20, sp.pre, 10, sp.mid]
+    assert sp.prompt([10], [20], "psm") == [sp.pre, 10, sp.suf, 20, sp.mid]
+    out = train(TrainConfig(objective="ar", out=str(tmp_path / "spm"), fim_order="spm", **{**TINY, "steps": 1}))
+    from fim_server.engine import load_engine
+    engine = load_engine("ar", str(out))
+    assert engine.lm.family.fim_order == "spm"
+    assert engine.prompt([10], [20])[0] == engine.ids.fim_suffix
+
+
 def test_context_weight_zero_is_the_middle_only_loss_and_one_the_plain_loss(ar_runs):
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
@@ -209,6 +227,8 @@ def test_context_weight_zero_is_the_middle_only_loss_and_one_the_plain_loss(ar_r
     (["--objective", "block", "--context-mix", "256"], "--context-mix applies to --objective ar only"),
     (["--objective", "ar", "--whole-lines", "1.5"], "--whole-lines and --word-cuts must lie in"),
     (["--objective", "ar", "--word-cuts", "-0.1"], "--whole-lines and --word-cuts must lie in"),
+    (["--objective", "diffusion", "--fim-order", "spm"], "--fim-order must be psm or spm"),
+    (["--objective", "ar", "--fim-order", "sp"], "--fim-order must be psm or spm"),
     (["--objective", "ar", "--context-weight", "-1"], "--context-weight must not be negative"),
 ])
 def test_train_refuses_options_it_cannot_honour(flags, message):

@@ -28,11 +28,12 @@ Medusa and SpecInfer verify trees):
   their slot 0 standing for the token this round accepted last (nxt), so slot j guesses the
   token j after it, conditioned on exactly the right tokens. Masks placed after the draft would
   be conditioned on it, and be of use only when all of it is right.
-- the next-token table's chain (engine/ngrams.py, when the checkpoint has one): the token
-  that most often followed the last three (or two) tokens in the training corpus, appended and
-  asked again, up to config.ngram tokens. Common idioms the document has not used yet; with the
-  bundled block coder it raised tokens per forward from 2.46 to 2.75 on 60 HumanEval
-  multi-line middles and from 2.09 to 2.52 on 50 repository ones, same middles.
+- the next-token table's chain (engine/ngrams.py, when the checkpoint has one), in rounds
+  where prompt lookup found nothing: the token that most often followed the last three (or
+  two) tokens in the training corpus, appended and asked again, up to config.ngram tokens.
+  Common idioms the document has not used yet. Added in every round it drafted a little more
+  but cost as much (its query slots) as it saved on this CPU; only where lookup fails it keeps
+  most of the gain for a third of the slots.
 A wrong branch costs only its query slots. With the bundled block coder, against the drafts of
 before (one lookup chain with the masks after it, a first round that only drafts): 1.97 -> 2.71
 tokens per forward on 150 HumanEval single-line middles and 1.87 -> 2.46 on 60 multi-line ones,
@@ -68,14 +69,15 @@ def decode_lossless(engine, rows: list, config: DecodeConfig, poll: Callable[[],
 
 
 def text_order(prompt: list[int], ids) -> list[int]:
-    """A PSM prompt `... <pre> P <suf> S <mid>` (ids: the family's TokenIds) as S + P, so that
-    the end of the result is the text just before the cursor; the prompt as it is when it
-    lacks one of the three FIM tokens."""
+    """A PSM prompt `... <pre> P <suf> S <mid>` or an SPM one `... <suf> S <pre> P <mid>` (ids:
+    the family's TokenIds) as S + P, so that the end of the result is the text just before the
+    cursor; the prompt as it is when it lacks one of the three FIM tokens."""
     marks = (ids.fim_prefix, ids.fim_suffix, ids.fim_middle)
     if any(m is None or m not in prompt for m in marks):
         return list(prompt)
     pre, suf, mid = (prompt.index(m) for m in marks)
-    return list(prompt[suf + 1:mid]) + list(prompt[pre + 1:suf])
+    p_end, s_end = (suf, mid) if pre < suf else (mid, pre)
+    return list(prompt[suf + 1:s_end]) + list(prompt[pre + 1:p_end])
 
 
 def lookup_drafts(tokens: list[int], length: int, count: int = 1, longest: int = 3,
@@ -215,9 +217,12 @@ class _Round:
         room = max(0, self.config.max_tokens - len(self.row.ids) - 1)
         seen = self.text_order + self.row.ids
         branches = lookup_drafts(seen, min(self.config.lookup, room), self.config.lookup_candidates)
+        # the table's chain only where the document does not repeat itself: there it adds most
+        # (lookup found nothing), elsewhere its query slots cost about what it saves (CPU)
+        table = self.engine.ngrams if self.config.ngram and not branches else None
         branches.append(guesses[:room])
-        if self.engine.ngrams is not None and self.config.ngram:
-            branches.append(self.engine.ngrams.chain(seen, min(self.config.ngram, room)))
+        if table is not None:
+            branches.append(table.chain(seen, min(self.config.ngram, room)))
         self.draft = Draft.trie(branches)
 
     def _width(self) -> int:

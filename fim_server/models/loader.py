@@ -199,6 +199,12 @@ def load_model(
     if fam.needs_mask and getattr(config, "fim_logits_shifted", None) is not None:
         # the checkpoint says which convention it was trained with (the bundled twin: AR-initialised, shifted)
         fam = dataclasses.replace(fam, shifted=bool(config.fim_logits_shifted))
+    order = getattr(config, "fim_order", None)
+    if fam.needs_psm and order is not None:
+        # the checkpoint says which prompt order it was trained with (fim-server train --fim-order)
+        if order not in ("psm", "spm"):
+            raise ValueError(f"{source}: config.json fim_order is {order!r}; psm or spm expected")
+        fam = dataclasses.replace(fam, fim_order=order)
     ids = resolve_tokens(fam, vocab, tokenizer.pad_token_id)
     if layout is not None:
         model = AutoModelForCausalLM.from_pretrained(source, config=config, key_mapping=layout.key_mapping,

@@ -76,6 +76,8 @@ class TrainConfig:
     context_weight: float = 1.0      # ar: loss weight of prefix/suffix tokens against middle tokens (1: plain LM loss)
     context_mix: str = ""            # ar: comma-separated sequence lengths, one drawn per batch; the batch grows
                                      # so that a batch stays batch x seq_len tokens (short contexts, more middles)
+    fim_order: str = "psm"           # ar, block: psm <pre> P <suf> S <mid>, or spm <suf> S <pre> P <mid> (the
+                                     # prefix's end next to the middle); written to config.json as fim_order
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -95,6 +97,12 @@ class Specials:
         v = tok.get_vocab()
         self.eot, self.pre, self.suf, self.mid = v["<|endoftext|>"], v["<|fim_prefix|>"], v["<|fim_suffix|>"], v["<|fim_middle|>"]
         self.mask, self.expand, self.delete = v["<|mask|>"], v["<|expand|>"], v["<|delete|>"]
+
+    def prompt(self, p: list[int], s: list[int], order: str) -> list[int]:
+        """The FIM prompt before the middle, as the engines build it (engine.base.PSM)."""
+        if order == "spm":
+            return [self.suf, *s, self.pre, *p, self.mid]
+        return [self.pre, *p, self.suf, *s, self.mid]
 
 
 # ---------------------------------------------------------------- batches
@@ -122,7 +130,7 @@ def ar_example(tok, sp: Specials, sampler: ExampleSampler, cfg: TrainConfig, seq
         if parts:
             break
     p, m, s = parts
-    ids = [sp.pre] + p + [sp.suf] + s + [sp.mid] + m + [sp.eot]
+    ids = sp.prompt(p, s, cfg.fim_order) + m + [sp.eot]
     labels = ids[1:] + [IGNORE]
     context = len(ids) - len(m) - 2          # labels before the <|fim_middle|> position predict context
     return ids, labels, [False] * context + [True] * (len(ids) - context)
@@ -238,7 +246,7 @@ class Batches:
                 parts = encode_split(self.tok, self.sampler.split(), cfg, cfg.seq_len - cfg.max_middle - cfg.block_size - 3)
                 if parts:
                     p, m, s = parts
-                    rows.append(block_objective.block_row([sp.pre, *p, sp.suf, *s, sp.mid], m + [end], end,
+                    rows.append(block_objective.block_row(sp.prompt(p, s, cfg.fim_order), m + [end], end,
                                                           cfg.block_size))
             return rows
         return self.distilled_rows()
@@ -257,8 +265,20 @@ class Batches:
         splits = [self.sampler.split() for _ in range(cfg.batch)]
         rows = [self.teacher.start(InfillRequest(sp.prefix, sp.suffix), config) for sp in splits]
         self.teacher.decode(rows, config, None)
-        return [block_objective.block_row(list(r.prompt), r.ids + ([end] if r.stop_reason in ("end", "repeat") else []),
-                                          end, cfg.block_size) for r in rows]
+        if self.teacher.lm.family.fim_order != cfg.fim_order:      # the student's prompt order
+            prompts = [self.sp.prompt(*_prompt_parts(r.prompt, self.sp), cfg.fim_order) for r in rows]
+        else:
+            prompts = [list(r.prompt) for r in rows]
+        return [block_objective.block_row(prompt, r.ids + ([end] if r.stop_reason in ("end", "repeat") else []),
+                                          end, cfg.block_size) for prompt, r in zip(prompts, rows)]
+
+
+def _prompt_parts(prompt: list[int], sp: Specials) -> tuple[list[int], list[int]]:
+    """(P, S) of a PSM or SPM prompt."""
+    pre, suf, mid = prompt.index(sp.pre), prompt.index(sp.suf), prompt.index(sp.mid)
+    if pre < suf:
+        return list(prompt[pre + 1:suf]), list(prompt[suf + 1:mid])
+    return list(prompt[pre + 1:mid]), list(prompt[suf + 1:pre])
 
 
 # ---------------------------------------------------------------- model and loss
@@ -271,6 +291,7 @@ def build_model(cfg: TrainConfig, tok) -> torch.nn.Module:
         model.config.fim_family = family
         model.config.fim_logits_shifted = cfg.shifted or cfg.objective == "block"   # block: the AR head's meaning
         model.config.fim_context_tokens = cfg.seq_len
+        model.config.fim_order = cfg.fim_order
         return model
     config = Qwen2Config(
         vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
@@ -280,6 +301,7 @@ def build_model(cfg: TrainConfig, tok) -> torch.nn.Module:
     )
     config.fim_family = family
     config.fim_context_tokens = cfg.seq_len
+    config.fim_order = cfg.fim_order
     config.fim_logits_shifted = cfg.shifted or cfg.objective == "block"
     return AutoModelForCausalLM.from_config(config)
 
@@ -475,6 +497,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**{k: getattr(args, k) for k in names})
     if cfg.objective not in ("diffusion", "ar", "block"):
         raise SystemExit("--objective must be diffusion, ar or block")
+    if cfg.fim_order not in ("psm", "spm") or (cfg.fim_order == "spm" and cfg.objective == "diffusion"):
+        raise SystemExit("--fim-order must be psm or spm, and spm applies to --objective ar and block only")
     if cfg.context_mix and cfg.objective != "ar":
         raise SystemExit("--context-mix applies to --objective ar only")
     if not 0.0 <= cfg.whole_lines <= 1.0 or not 0.0 <= cfg.word_cuts <= 1.0 or cfg.context_weight < 0:

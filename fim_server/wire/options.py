@@ -63,7 +63,8 @@ class DecodeConfig:
                                        "forward as a token tree with the masks' guesses", lo=1, hi=16)
     ngram: int = option(6, "lossless: draft up to N tokens more by chaining the checkpoint's next-token table "
                            "(draft_ngrams.safetensors beside the weights, counted on its training corpus; "
-                           "python -m fim_server.train.ngrams), one more branch of the tree; 0 = off", lo=0, hi=64)
+                           "python -m fim_server.train.ngrams), one more branch of the tree in rounds where "
+                           "prompt lookup finds nothing; 0 = off", lo=0, hi=64)
     cache: str = option("dual", "none | prefix | dual", CACHE_MODES)
     refresh_every: int = option(0, "recompute the cache every N steps inside a block; 0 = at block start only",
                                 lo=0, hi=1 << 20)
