@@ -74,3 +74,26 @@ def test_the_bundled_block_coder_ships_a_table_for_its_tokenizer():
     assert table is not None and len(table) > 10_000
     ids = tok.encode("    def __init__(self", add_special_tokens=False)
     assert tok.decode(table.chain(ids, 2)).startswith(")") or tok.decode(table.chain(ids, 2)).startswith(",")
+
+
+def test_the_builder_counts_the_training_split_only(tmp_path, monkeypatch):
+    """`python -m fim_server.train.ngrams` reads collect_sources' training split: the held-out
+    files (and what collect_sources excludes: boltons, sortedcontainers, the pinned projects,
+    HumanEval) never reach the table."""
+    import shutil
+
+    from fim_server.train import ngrams as builder
+    from fim_server.train.data import Source
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(bundled_path("ar") / name, model / name)
+    train = [Source("a.py", "alpha_beta_gamma = delta_epsilon\n" * 50, package="pkg")]
+    held = [Source("b.py", "zeta_eta_theta = iota_kappa\n" * 50, package="held")]
+    monkeypatch.setattr(builder, "collect_sources", lambda corpus=None: (train, held, {"train": 1}))
+    builder.main(["--model", str(model), "--tokens", "5000", "--min-count", "5"])
+    tok = AutoTokenizer.from_pretrained(model)
+    table = table_for(str(model), tok)
+    assert tok.decode(table.chain(tok.encode("alpha_beta", add_special_tokens=False), 6)).startswith("_gamma")
+    assert table.chain(tok.encode("zeta_eta", add_special_tokens=False), 6) == []
