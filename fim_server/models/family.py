@@ -94,7 +94,8 @@ FIM_TINY_AR = register(Family(
     never_generate=("<|mask|>", "<|expand|>", "<|delete|>", "<|fim_prefix|>", "<|fim_suffix|>",
                     "<|fim_middle|>"),
     context_tokens=256,
-    description="the project's bundled autoregressive FIM twin (causal Qwen2, PSM)",
+    description="the project's bundled autoregressive FIM twin (causal Qwen2; PSM, or SPM when its "
+                "config.json says fim_order spm, as the bundled stage 9 does)",
 ))
 
 FIM_TINY_BLOCK = register(Family(
@@ -105,10 +106,10 @@ FIM_TINY_BLOCK = register(Family(
                     "<|fim_middle|>"),
     context_tokens=256,
     # b4: 1.6x faster than b8 at better edit similarity (bench/results/engine-block.json); lossless:
-    # 0.56-0.71x the AR twin's p50 at edit similarity within 0.012 of it (bench/results/pair-s6t-*)
+    # 0.53-0.65x the AR twin's p50 at edit similarity 0.9-1.7 points below it (bench/results/pair-s9-*)
     defaults=(("block_size", 4), ("lossless", True)),
-    description="the project's block-diffusion FIM coder (Qwen2 from the AR twin: PSM prompt, "
-                "causal across blocks, bidirectional inside one, shifted logits)",
+    description="the project's block-diffusion FIM coder (Qwen2 from the AR twin: PSM or SPM prompt "
+                "by config.json fim_order, causal across blocks, bidirectional inside one, shifted logits)",
 ))
 
 QWEN25_CODER = register(Family(
