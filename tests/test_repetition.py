@@ -39,7 +39,10 @@ def test_the_first_loop_decides():
     assert loop_cut(ids, BLANK) == 2
 
 
-LOOPING = InfillRequest("x = [b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, ", "]\n")
+# the bundled models loop here (checked per engine below); with "]\n" as the suffix the SPM block
+# coder (block-s9) closes the list instead
+LOOPING = InfillRequest("x = (b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, ",
+                        "\n\n\ndef f():\n    pass\n")
 
 
 @pytest.fixture(scope="module", params=["ar", "block", "lossless", "diffusion"])
