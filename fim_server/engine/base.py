@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import torch
 
+from fim_server.models.family import fim_prompt
 from fim_server.wire.options import RESERVED_TOKENS, DecodeConfig, OptionError
 
 from .postprocess import line_complete, postprocess
@@ -80,9 +81,8 @@ class PSM:
     def prompt(self, prefix_ids: list[int], suffix_ids: list[int]) -> list[int]:
         """PSM, or SPM (<fim_suffix> S <fim_prefix> P <fim_middle>) for a family trained so."""
         bos = [self.ids.bos] if self.ids.bos is not None else []
-        prefix, suffix = [self.ids.fim_prefix, *prefix_ids], [self.ids.fim_suffix, *suffix_ids]
-        body = suffix + prefix if self.lm.family.fim_order == "spm" else prefix + suffix
-        return bos + body + [self.ids.fim_middle]
+        return bos + fim_prompt(prefix_ids, suffix_ids, self.ids.fim_prefix, self.ids.fim_suffix,
+                                self.ids.fim_middle, self.lm.family.fim_order)
 
     @property
     def special_tokens(self) -> int:

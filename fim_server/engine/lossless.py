@@ -52,6 +52,7 @@ from typing import Callable
 
 import torch
 
+from fim_server.models.family import fim_parts
 from fim_server.wire.options import DecodeConfig
 
 from .kv import keep_positions
@@ -72,12 +73,8 @@ def text_order(prompt: list[int], ids) -> list[int]:
     """A PSM prompt `... <pre> P <suf> S <mid>` or an SPM one `... <suf> S <pre> P <mid>` (ids:
     the family's TokenIds) as S + P, so that the end of the result is the text just before the
     cursor; the prompt as it is when it lacks one of the three FIM tokens."""
-    marks = (ids.fim_prefix, ids.fim_suffix, ids.fim_middle)
-    if any(m is None or m not in prompt for m in marks):
-        return list(prompt)
-    pre, suf, mid = (prompt.index(m) for m in marks)
-    p_end, s_end = (suf, mid) if pre < suf else (mid, pre)
-    return list(prompt[suf + 1:s_end]) + list(prompt[pre + 1:p_end])
+    parts = fim_parts(list(prompt), ids.fim_prefix, ids.fim_suffix, ids.fim_middle)
+    return list(prompt) if parts is None else parts[1] + parts[0]
 
 
 def lookup_drafts(tokens: list[int], length: int, count: int = 1, longest: int = 3,
@@ -216,13 +213,12 @@ class _Round:
         the fresh token."""
         room = max(0, self.config.max_tokens - len(self.row.ids) - 1)
         seen = self.text_order + self.row.ids
-        branches = lookup_drafts(seen, min(self.config.lookup, room), self.config.lookup_candidates)
+        found = lookup_drafts(seen, min(self.config.lookup, room), self.config.lookup_candidates)
+        branches = found + [guesses[:room]]
         # the table's chain only where the document does not repeat itself: there it adds most
         # (lookup found nothing), elsewhere its query slots cost about what it saves (CPU)
-        table = self.engine.ngrams if self.config.ngram and not branches else None
-        branches.append(guesses[:room])
-        if table is not None:
-            branches.append(table.chain(seen, min(self.config.ngram, room)))
+        if not found and self.config.ngram and self.engine.ngrams is not None:
+            branches.append(self.engine.ngrams.chain(seen, min(self.config.ngram, room)))
         self.draft = Draft.trie(branches)
 
     def _width(self) -> int:

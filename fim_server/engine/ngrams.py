@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 FILE = "draft_ngrams.safetensors"
 ORDERS = (3, 2)                      # longest context first
@@ -95,10 +95,9 @@ class NgramTable:
     def load(cls, path: str | Path) -> "NgramTable":
         """The table at `path`; ValueError naming the file when it is not a valid table."""
         try:
-            tensors = load_file(str(path))
-            with open(path, "rb") as f:                  # the header: 8-byte length, then JSON
-                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-            meta = header.get("__metadata__", {})
+            with safe_open(str(path), framework="np") as f:
+                meta = f.metadata() or {}
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
             vocab, tok = int(meta["vocab_size"]), str(meta["tokenizer"])
         except (OSError, SafetensorError, KeyError, ValueError) as e:
             raise ValueError(f"{path}: not a next-token table ({e})") from e

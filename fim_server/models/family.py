@@ -73,6 +73,26 @@ BUNDLED_SPECIAL_TOKENS = (
 FAMILIES: dict[str, Family] = {}
 
 
+def fim_prompt(prefix: list[int], suffix: list[int], pre: int, suf: int, mid: int, order: str = "psm") -> list[int]:
+    """The FIM prompt before the middle: <pre> P <suf> S <mid> in PSM order, <suf> S <pre> P <mid>
+    in SPM order (Family.fim_order)."""
+    if order == "spm":
+        return [suf, *suffix, pre, *prefix, mid]
+    return [pre, *prefix, suf, *suffix, mid]
+
+
+def fim_parts(prompt: list[int], pre: Optional[int], suf: Optional[int],
+              mid: Optional[int]) -> Optional[tuple[list[int], list[int]]]:
+    """(P, S) of a prompt `fim_prompt` built, in either order (what precedes it, a bos, is not part
+    of either); None when one of the three marks is missing."""
+    if any(m is None or m not in prompt for m in (pre, suf, mid)):
+        return None
+    i, j, k = prompt.index(pre), prompt.index(suf), prompt.index(mid)
+    if i < j:
+        return list(prompt[i + 1:j]), list(prompt[j + 1:k])
+    return list(prompt[i + 1:k]), list(prompt[j + 1:i])
+
+
 def register(family: Family) -> Family:
     FAMILIES[family.name] = family
     return family

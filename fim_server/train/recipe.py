@@ -33,7 +33,7 @@ from fim_server.measure import cpu_model
 
 from . import block as block_objective
 from .data import ExampleSampler, collect_sources, iter_texts
-from fim_server.models.family import BUNDLED_SPECIAL_TOKENS
+from fim_server.models.family import BUNDLED_SPECIAL_TOKENS, fim_parts, fim_prompt
 from fim_server.models.random_init import train_bpe, wrap_tokenizer
 
 
@@ -99,10 +99,8 @@ class Specials:
         self.mask, self.expand, self.delete = v["<|mask|>"], v["<|expand|>"], v["<|delete|>"]
 
     def prompt(self, p: list[int], s: list[int], order: str) -> list[int]:
-        """The FIM prompt before the middle, as the engines build it (engine.base.PSM)."""
-        if order == "spm":
-            return [self.suf, *s, self.pre, *p, self.mid]
-        return [self.pre, *p, self.suf, *s, self.mid]
+        """The FIM prompt before the middle, as the engines build it (family.fim_prompt)."""
+        return fim_prompt(p, s, self.pre, self.suf, self.mid, order)
 
 
 # ---------------------------------------------------------------- batches
@@ -266,19 +264,12 @@ class Batches:
         rows = [self.teacher.start(InfillRequest(sp.prefix, sp.suffix), config) for sp in splits]
         self.teacher.decode(rows, config, None)
         if self.teacher.lm.family.fim_order != cfg.fim_order:      # the student's prompt order
-            prompts = [self.sp.prompt(*_prompt_parts(r.prompt, self.sp), cfg.fim_order) for r in rows]
+            prompts = [self.sp.prompt(*fim_parts(r.prompt, self.sp.pre, self.sp.suf, self.sp.mid), cfg.fim_order)
+                       for r in rows]
         else:
             prompts = [list(r.prompt) for r in rows]
         return [block_objective.block_row(prompt, r.ids + ([end] if r.stop_reason in ("end", "repeat") else []),
                                           end, cfg.block_size) for prompt, r in zip(prompts, rows)]
-
-
-def _prompt_parts(prompt: list[int], sp: Specials) -> tuple[list[int], list[int]]:
-    """(P, S) of a PSM or SPM prompt."""
-    pre, suf, mid = prompt.index(sp.pre), prompt.index(sp.suf), prompt.index(sp.mid)
-    if pre < suf:
-        return list(prompt[pre + 1:suf]), list(prompt[suf + 1:mid])
-    return list(prompt[pre + 1:mid]), list(prompt[suf + 1:pre])
 
 
 # ---------------------------------------------------------------- model and loss
