@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 from fim_server.train import packages
-from fim_server.train.data import collect_sources, shingles
+from fim_server.train.data import collect_sources, load_manifest, shingles
 from fim_server.train.packages import extract_sources, fetch_one, licence_families, read_licence
 
 
@@ -77,6 +77,28 @@ def test_fetch_refuses_copyleft_and_unstated_licences(tmp_path, monkeypatch):
         rec = fetch_one(name, tmp_path / "corpus")
         assert not rec.kept and rec.files == 0 and rec.reason
         assert not (tmp_path / "corpus" / name).exists()
+
+
+def test_same_as_fetches_the_recorded_versions_and_notes_other_builds(tmp_path, monkeypatch):
+    asked = []
+
+    def fake(spec, into):
+        asked.append(spec)
+        name = spec.split("==")[0]
+        return wheel(into, name, "License-Expression: MIT", {f"{name}/a.py": "x = 1\n"})
+    monkeypatch.setattr(packages, "download", fake)
+    card = tmp_path / "data_manifest.json"
+    card.write_text(json.dumps({"packages": {
+        "Good_Pkg": {"kept": True, "version": "1.0", "sha256": "0" * 64},
+        "gone": {"kept": False, "version": "2.0", "reason": "licence GPL"}}}))
+    assert packages.main(["--corpus", str(tmp_path / "corpus"), "--same-as", str(card)]) == 0
+    assert asked == ["good-pkg==1.0"]                          # only kept packages, at their version
+    record = load_manifest(tmp_path / "corpus")["good-pkg"]
+    assert record["kept"] and record["pinned_sha256"] == "0" * 64 != record["sha256"]
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(SystemExit):
+        packages.main(["--corpus", str(tmp_path / "corpus"), "--same-as", str(bad)])
 
 
 @pytest.mark.parametrize("name", ["boltons", "sortedcontainers", "attrs", "click", "more-itertools",

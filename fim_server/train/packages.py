@@ -88,6 +88,7 @@ class PackageRecord:
     reason: str = ""                  # why refused (or "" when kept)
     wheel: str = ""
     sha256: str = ""
+    pinned_sha256: str = ""           # the sha256 a --same-as manifest recorded, when it differs
     files: int = 0                    # .py files extracted
     skipped_files: int = 0            # vendored excluded projects, too big, not UTF-8
     chars: int = 0
@@ -127,10 +128,10 @@ def is_excluded_project(name: str) -> bool:
     return canonical_name(name) in EXCLUDED_PROJECTS
 
 
-def download(name: str, into: Path) -> Path:
-    """One wheel of `name` for this interpreter, no dependencies."""
+def download(spec: str, into: Path) -> Path:
+    """One wheel of `spec` ("name" or "name==version") for this interpreter, no dependencies."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-           "--disable-pip-version-check", "-d", str(into), name]
+           "--disable-pip-version-check", "-d", str(into), spec]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     wheels = sorted(into.glob("*.whl"))
     if result.returncode != 0 or not wheels:
@@ -165,19 +166,24 @@ def extract_sources(wheel: zipfile.ZipFile, dest: Path, record: PackageRecord) -
         record.chars += len(text)
 
 
-def fetch_one(name: str, corpus: Path) -> PackageRecord:
+def fetch_one(name: str, corpus: Path, pin: Optional[dict] = None) -> PackageRecord:
+    """Fetch one package; `pin` (a record of another manifest) asks for its exact version and
+    notes a wheel whose sha256 differs from the one recorded there."""
     record = PackageRecord(name=name)
     if is_excluded_project(name):
         record.reason = "excluded: reserved for evaluation or pinned by the bench"
         return record
+    spec = f"{name}=={pin['version']}" if pin and pin.get("version") else name
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = download(name, Path(tmp))
+            path = download(spec, Path(tmp))
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             record.reason = f"download failed: {exc}"
             return record
         record.wheel = path.name
         record.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        if pin and pin.get("sha256") and pin["sha256"] != record.sha256:
+            record.pinned_sha256 = pin["sha256"]      # another build of that version (e.g. another Python)
         with zipfile.ZipFile(path) as wheel:
             meta = wheel_metadata(wheel)
             record.version = meta.get("Version", "")
@@ -209,16 +215,28 @@ def write_manifest(corpus: Path, records: dict[str, dict]) -> None:
     tmp.replace(corpus / "manifest.json")
 
 
-def fetch(names: Iterable[str], corpus: Path) -> dict[str, dict]:
+def fetch(names: Iterable[str], corpus: Path, pins: Optional[dict[str, dict]] = None) -> dict[str, dict]:
     """Fetch every package not yet in the manifest (so an interrupted fetch resumes); the
-    manifest is rewritten after each package, so nothing fetched is lost."""
+    manifest is rewritten after each package, so nothing fetched is lost. `pins` maps a package
+    to its record in another manifest, whose version is then fetched."""
     corpus.mkdir(parents=True, exist_ok=True)
     records = load_manifest(corpus)
+    pins = pins or {}
     todo = [n for n in dict.fromkeys(canonical_name(n) for n in names) if n not in records]
     for name in tqdm(todo, desc="packages", unit="pkg"):
-        records[name] = asdict(fetch_one(name, corpus))
+        records[name] = asdict(fetch_one(name, corpus, pins.get(name)))
         write_manifest(corpus, records)
     return records
+
+
+def pins_from(manifest: Path) -> dict[str, dict]:
+    """The kept packages of a model card's data manifest (or a corpus's manifest.json), to
+    rebuild the same corpus: {package: record with version and sha256}."""
+    try:
+        packages = json.loads(manifest.read_text())["packages"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{manifest}: not a data manifest ({exc})") from exc
+    return {canonical_name(n): r for n, r in packages.items() if r.get("kept")}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -227,10 +245,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fim_server.train.packages",
                                 description="fetch permissively licensed Python packages as training code")
     p.add_argument("--corpus", default="runs/corpus", help="where sources and manifest.json go")
+    p.add_argument("--same-as", metavar="MANIFEST", type=Path,
+                   help="fetch the kept packages of this data manifest (a model card's data_manifest.json), "
+                        "each at the version it records")
     p.add_argument("packages", nargs="*", help="package names (default: the built-in candidate list)")
     args = p.parse_args(argv)
-    records = fetch(args.packages or CANDIDATES, Path(args.corpus))
+    try:
+        pins = pins_from(args.same_as) if args.same_as else {}
+    except ValueError as exc:
+        p.error(str(exc))
+    records = fetch(args.packages or list(pins) or CANDIDATES, Path(args.corpus), pins)
     kept = [r for r in records.values() if r["kept"]]
+    moved = [n for n, r in records.items() if r.get("pinned_sha256")]
+    if moved:
+        print(f"{len(moved)} wheels differ in sha256 from the pinned manifest "
+              f"(same version, another build): {', '.join(moved)}")
+    missing = sorted(set(pins) - {n for n, r in records.items() if r["kept"]})
+    if missing:
+        print(f"not rebuilt: {', '.join(missing)} (see manifest.json for why)")
     print(f"{len(kept)} packages kept, {len(records) - len(kept)} refused; "
           f"{sum(r['chars'] for r in kept) / 1e6:.1f} M chars in {sum(r['files'] for r in kept)} files")
     return 0
