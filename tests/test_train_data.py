@@ -90,9 +90,10 @@ def test_same_as_fetches_the_recorded_versions_and_notes_other_builds(tmp_path, 
     card = tmp_path / "data_manifest.json"
     card.write_text(json.dumps({"packages": {
         "Good_Pkg": {"kept": True, "version": "1.0", "sha256": "0" * 64},
+        "odd": {"kept": True, "version": "1.2.3", "wheel": "odd-4.2.0-py3-none-any.whl"},
         "gone": {"kept": False, "version": "2.0", "reason": "licence GPL"}}}))
     assert packages.main(["--corpus", str(tmp_path / "corpus"), "--same-as", str(card)]) == 0
-    assert asked == ["good-pkg==1.0"]                          # only kept packages, at their version
+    assert asked == ["good-pkg==1.0", "odd==4.2.0"]     # only kept packages, at the wheel's version
     record = load_manifest(tmp_path / "corpus")["good-pkg"]
     assert record["kept"] and record["pinned_sha256"] == "0" * 64 != record["sha256"]
     bad = tmp_path / "bad.json"

@@ -173,7 +173,7 @@ def fetch_one(name: str, corpus: Path, pin: Optional[dict] = None) -> PackageRec
     if is_excluded_project(name):
         record.reason = "excluded: reserved for evaluation or pinned by the bench"
         return record
-    spec = f"{name}=={pin['version']}" if pin and pin.get("version") else name
+    spec = f"{name}=={pinned_version(pin)}" if pin and pinned_version(pin) else name
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = download(spec, Path(tmp))
@@ -198,6 +198,14 @@ def fetch_one(name: str, corpus: Path, pin: Optional[dict] = None) -> PackageRec
                 record.kept = record.files > 0
                 record.reason = "" if record.kept else "no Python sources in the wheel"
     return record
+
+
+def pinned_version(record: dict) -> str:
+    """The version a manifest record pins: the wheel's file name has the index's version (a
+    wheel's METADATA can disagree, e.g. flit_core-4.2.0 says 1.2.3), else the METADATA one."""
+    wheel = record.get("wheel") or ""
+    parts = wheel.split("-")
+    return parts[1] if wheel.endswith(".whl") and len(parts) >= 5 else record.get("version", "")
 
 
 def canonical_name(name: str) -> str:
