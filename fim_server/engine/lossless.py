@@ -24,10 +24,12 @@ Medusa and SpecInfer verify trees):
   earlier occurrences of the last one to three tokens, in the document (suffix, then prefix, then
   the middle so far, so that the search ends at the cursor), latest and longest match first,
   different continuations only. Code repeats its names and lines, so these are often right.
-- the masks' guesses, when no draft token was kept: the masks sat right after the fresh token,
-  their slot 0 standing for the token this round accepted last (nxt), so slot j guesses the
-  token j after it, conditioned on exactly the right tokens. Masks placed after the draft would
-  be conditioned on it, and be of use only when all of it is right.
+- the masks' guesses: the masks sat right after the fresh token, slot j standing for the token
+  j + 1 after it, so when the round kept k draft tokens nxt is at slot k and slots k.. guess the
+  tokens after nxt (the masks see the fresh token, not the kept draft). Masks placed after the
+  draft would be conditioned on it, and be of use only when all of it is right. Reusing the
+  later slots after a partly kept draft (before: only when nothing was kept) raised tokens per
+  forward by 0.00-0.03 on HumanEval and repository middles (bundled block-s9, 2-core EPYC).
 - the next-token table's chain (engine/ngrams.py, when the checkpoint has one), in rounds
   where prompt lookup found nothing: the token that most often followed the last three (or
   two) tokens in the training corpus, appended and asked again, up to config.ngram tokens.
@@ -189,9 +191,9 @@ class _Round:
         self._keep(kept, len(queries))
         self.pos += len(kept)
         self.fresh = nxt                                 # accepted now, cached by the next round
-        # the masks sit right after the fresh token, slot 0 standing for the token after it: their
-        # guesses follow nxt exactly when no draft token was kept
-        guesses = self._guesses(logits, 1 + len(draft), width) if not path else []
+        # the masks sit right after the fresh token: slot j stands for the token j + 1 after it,
+        # so nxt is at slot len(path) and the guesses from there on are of the tokens after nxt
+        guesses = self._guesses(logits, 1 + len(draft), width)[len(path):]
         self._accept([draft.tokens[node] for node in path] + [nxt])
         if not self.row.done:
             self._next_draft(guesses)
