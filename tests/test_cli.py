@@ -114,3 +114,22 @@ def test_every_command_prints_its_help(command, capsys):
     assert stop.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage:") and "--" in out
+
+
+def test_train_help_explains_every_option_and_parses_back_to_the_config(capsys):
+    """Each TrainConfig field is a flag whose help says what it does and its default."""
+    from dataclasses import fields
+
+    from fim_server.cli import build_parser
+    from fim_server.train.recipe import TrainConfig
+
+    parser = build_parser(with_train_options=True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in text and f"(default: {f.default!r})" in text, flag
+    args = parser.parse_args(["train", "--objective", "block", "--bf16", "true", "--lr", "3e-4"])
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    assert (cfg.objective, cfg.bf16, cfg.lr, cfg.steps) == ("block", True, 3e-4, TrainConfig().steps)

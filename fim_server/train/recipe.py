@@ -21,7 +21,7 @@ import os
 import shutil
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -37,47 +37,52 @@ from fim_server.models.family import BUNDLED_SPECIAL_TOKENS, fim_parts, fim_prom
 from fim_server.models.random_init import train_bpe, wrap_tokenizer
 
 
+def arg(default, help: str):
+    """A TrainConfig field: its default and the help of its `fim-server train` flag."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    objective: str = "diffusion"     # diffusion | ar | block
-    out: str = "runs/diffusion"      # checkpoints and the final model
-    tokenizer: str = "runs/tokenizer"  # built here from the training data when missing
-    vocab_size: int = 4096
-    hidden: int = 256
-    layers: int = 4
-    heads: int = 4
-    intermediate: int = 768
-    seq_len: int = 256               # tokens per training sequence (= the models' context budget)
-    max_middle: int = 64             # middle tokens per FIM example (the inference canvas cap)
-    batch: int = 16
-    steps: int = 3000
-    lr: float = 1e-3
-    warmup: int = 200
-    weight_decay: float = 0.1
-    mdlm_fraction: float = 0.25      # diffusion: share of plain masked-LM windows (no FIM split)
-    seed: int = 0
-    threads: int = 0                 # torch CPU threads; 0 = torch's default
-    save_every: int = 250
-    eval_every: int = 250
-    device: str = "auto"
-    init_from: str = ""              # start from these weights (e.g. the AR twin: AR-to-diffusion adaptation)
-    shifted: bool = False            # diffusion: position i-1 predicts token i (keeps an AR head's meaning)
-    bundle_to: str = ""              # also write the final model here in float16 (package data)
-    keep_at: str = ""                # comma-separated steps whose weights are kept as out/step-N
-    block_size: int = 8              # block: slots per block (the engine's --block-size)
-    certainty: float = 0.0           # block: weight of the entropy penalty on masked slots already right
-    ar_fraction: float = 0.0         # block: share of batches that are plain AR (next-token) batches
-    distill_from: str = ""           # block: an AR FIM model whose greedy middles become the targets
-    bf16: bool = False               # bfloat16 autocast (CPUs with bf16 matrix units: AMX, avx512_bf16)
-    corpus: str = ""                 # a package corpus fetched by `python -m fim_server.train.packages`
-    stdlib_share: float = 0.0        # share of training windows from the standard library (0: by length, ~6% of the corpus)
-    whole_lines: float = 0.5         # share of FIM cuts at line boundaries (the rest: rest-of-line and span cuts, 3:2)
-    word_cuts: float = 0.0           # share of rest-of-line cuts whose cursor is at a pause point (data.pause_points)
-    context_weight: float = 1.0      # ar: loss weight of prefix/suffix tokens against middle tokens (1: plain LM loss)
-    context_mix: str = ""            # ar: comma-separated sequence lengths, one drawn per batch; the batch grows
-                                     # so that a batch stays batch x seq_len tokens (short contexts, more middles)
-    fim_order: str = "psm"           # ar, block: psm <pre> P <suf> S <mid>, or spm <suf> S <pre> P <mid> (the
-                                     # prefix's end next to the middle); written to config.json as fim_order
+    objective: str = arg("diffusion", "diffusion | ar | block")
+    out: str = arg("runs/diffusion", "directory for checkpoints, logs and the final model")
+    tokenizer: str = arg("runs/tokenizer", "tokenizer directory; built here from the training data when missing")
+    vocab_size: int = arg(4096, "vocabulary of a tokenizer built here")
+    hidden: int = arg(256, "hidden size of a model built here (not with --init-from)")
+    layers: int = arg(4, "transformer layers of a model built here")
+    heads: int = arg(4, "attention heads of a model built here")
+    intermediate: int = arg(768, "MLP size of a model built here")
+    seq_len: int = arg(256, "tokens per training sequence (= the models' context budget)")
+    max_middle: int = arg(64, "middle tokens per FIM example (the inference canvas cap)")
+    batch: int = arg(16, "sequences per step")
+    steps: int = arg(3000, "optimiser steps in all (a run resumed from OUT/checkpoint goes on to this count)")
+    lr: float = arg(1e-3, "peak learning rate (linear warm-up, then cosine to zero)")
+    warmup: int = arg(200, "warm-up steps")
+    weight_decay: float = arg(0.1, "AdamW weight decay")
+    mdlm_fraction: float = arg(0.25, "diffusion: share of plain masked-LM windows (no FIM split)")
+    seed: int = arg(0, "seed of the data sampler and the initialisation")
+    threads: int = arg(0, "torch CPU threads; 0 = torch's default")
+    save_every: int = arg(250, "steps between resumable checkpoints")
+    eval_every: int = arg(250, "steps between held-out evaluations")
+    device: str = arg("auto", "auto | cpu | cuda | cuda:N")
+    init_from: str = arg("", "start from these weights (e.g. the AR twin: AR-to-diffusion adaptation)")
+    shifted: bool = arg(False, "diffusion: position i-1 predicts token i (keeps an AR head's meaning)")
+    bundle_to: str = arg("", "also write the final model here in float16 (package data)")
+    keep_at: str = arg("", "comma-separated steps whose weights are kept as out/step-N")
+    block_size: int = arg(8, "block: slots per block (the engine's --block-size)")
+    certainty: float = arg(0.0, "block: weight of the entropy penalty on masked slots already right")
+    ar_fraction: float = arg(0.0, "block: share of batches that are plain AR (next-token) batches")
+    distill_from: str = arg("", "block: an AR FIM model whose greedy middles become the targets")
+    bf16: bool = arg(False, "bfloat16 autocast (CPUs with bf16 matrix units: AMX, avx512_bf16)")
+    corpus: str = arg("", "a package corpus fetched by `python -m fim_server.train.packages`")
+    stdlib_share: float = arg(0.0, "share of training windows from the standard library (0: by length, ~6%% of the corpus)")
+    whole_lines: float = arg(0.5, "share of FIM cuts at line boundaries (the rest: rest-of-line and span cuts, 3:2)")
+    word_cuts: float = arg(0.0, "share of rest-of-line cuts whose cursor is at a pause point (data.pause_points)")
+    context_weight: float = arg(1.0, "ar: loss weight of prefix/suffix tokens against middle tokens (1: plain LM loss)")
+    context_mix: str = arg("", "ar: comma-separated sequence lengths, one drawn per batch; the batch grows so that "
+                               "a batch stays batch x seq_len tokens (short contexts, more middles)")
+    fim_order: str = arg("psm", "ar, block: psm <pre> P <suf> S <mid>, or spm <suf> S <pre> P <mid> (the prefix's "
+                                "end next to the middle); written to config.json as fim_order")
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -478,9 +483,11 @@ def hardware(dev: torch.device) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    for field, default in asdict(TrainConfig()).items():
-        kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)
-        p.add_argument("--" + field.replace("_", "-"), type=kind, default=default)
+    for f in fields(TrainConfig):
+        kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(f.default, bool) else type(f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,
+                       metavar="BOOL" if isinstance(f.default, bool) else None,
+                       help=f"{f.metadata['help']} (default: {f.default!r})")
 
 
 def main(args: argparse.Namespace) -> int:
