@@ -136,10 +136,14 @@ def _sample_ast(src: SourceFile, rng: random.Random) -> Optional[Span]:
     return rng.choice(spans) if spans else None
 
 
-def _sample_midline(src: SourceFile, rng: random.Random) -> Optional[Span]:
+def _random_line(src: SourceFile, rng: random.Random) -> tuple[int, str]:
+    """A non-blank line: (offset of its start, its text without the line break)."""
     k = rng.choice(src.non_blank)
-    start = src.line_starts[k]
-    content = LINE_BREAK.sub("", src.line(k))
+    return src.line_starts[k], LINE_BREAK.sub("", src.line(k))
+
+
+def _sample_midline(src: SourceFile, rng: random.Random) -> Optional[Span]:
+    start, content = _random_line(src, rng)
     indent = len(content) - len(content.lstrip())
     code_end = len(content.rstrip())
     if code_end - indent < 2:
@@ -150,9 +154,7 @@ def _sample_midline(src: SourceFile, rng: random.Random) -> Optional[Span]:
 
 
 def _sample_pause(src: SourceFile, rng: random.Random) -> Optional[Span]:
-    k = rng.choice(src.non_blank)
-    start = src.line_starts[k]
-    content = LINE_BREAK.sub("", src.line(k))
+    start, content = _random_line(src, rng)
     code_end = start + len(content.rstrip())
     # a cursor with code before it on the line, and code after it
     points = [a for a in pause_points(src.text, start, code_end) if src.text[start:a].strip()]
