@@ -42,20 +42,22 @@ def evenly(cases: list, limit: int) -> list:
 
 
 def suites(n_held: int, he_limit: int, he_multi_limit: int, seed: int, corpus: Path | None = None) -> dict:
-    """The suites by name; n_held = 0 leaves the held-out ones out, he_multi_limit = 0 the
-    HumanEval multi-line one."""
+    """{name: (cases, single_line)}, single_line when only the middle's first line counts (the
+    single-line and pause-point suites); n_held = 0 leaves the held-out ones out,
+    he_multi_limit = 0 the HumanEval multi-line one."""
     found = {}
     if n_held:
         _, held, _ = collect_sources(corpus=corpus)
         sources = [SourceFile(s.path, s.text) for s in held]
-        found["held-out single-line"] = sample_cases(sources, n_held, seed, kinds=("line",), suite="held-single")
-        found["held-out multi-line"] = sample_cases(sources, n_held, seed + 1, kinds=("block", "ast"),
-                                                    suite="held-multi")
-        found["held-out pause-point"] = sample_cases(sources, n_held, seed + 2, kinds=("pause",),
-                                                     suite="held-pause")
-    found["humaneval single-line"] = evenly(load_humaneval_infilling(multi_line=False), he_limit)
+        found["held-out single-line"] = (sample_cases(sources, n_held, seed, kinds=("line",), suite="held-single"),
+                                         True)
+        found["held-out multi-line"] = (sample_cases(sources, n_held, seed + 1, kinds=("block", "ast"),
+                                                     suite="held-multi"), False)
+        found["held-out pause-point"] = (sample_cases(sources, n_held, seed + 2, kinds=("pause",),
+                                                      suite="held-pause"), True)
+    found["humaneval single-line"] = (evenly(load_humaneval_infilling(multi_line=False), he_limit), True)
     if he_multi_limit:
-        found["humaneval multi-line"] = evenly(load_humaneval_infilling(multi_line=True), he_multi_limit)
+        found["humaneval multi-line"] = (evenly(load_humaneval_infilling(multi_line=True), he_multi_limit), False)
     return found
 
 
@@ -138,13 +140,12 @@ def main() -> None:
     found = suites(args.held, args.humaneval_limit, args.humaneval_multi_limit, args.seed,
                    Path(args.corpus) if args.corpus else None)
     if args.only:
-        found = {name: cases for name, cases in found.items() if any(text in name for text in args.only)}
+        found = {name: suite for name, suite in found.items() if any(text in name for text in args.only)}
         if not found:
             raise SystemExit(f"model_eval: no suite matches --only {args.only}")
-    for suite, cases in found.items():
+    for suite, (cases, single) in found.items():
         if not cases:
             raise SystemExit(f"model_eval: the {suite} suite has no cases (too few held-out files?)")
-        single = "multi-line" not in suite      # single-line and pause-point middles: the first line counts
         cfg = base.replace(single_line=single)
         rows = []
         for name in wanted:
