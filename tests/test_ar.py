@@ -2,6 +2,7 @@
 and its stop rules on scripted models (a wrapper that forces chosen tokens)."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -342,16 +343,18 @@ def test_warmup_and_empty_batch(models):
 
 
 def test_the_checkpoint_serving_context_is_the_default_and_a_request_may_ask_for_more():
-    """The bundled twins are trained on 1024-token windows and served with 256 tokens unless a
-    request names its own context_tokens (config.fim_default_context_tokens)."""
+    """The bundled twins are trained on 1024-token windows and served with a shorter budget
+    (config.fim_default_context_tokens) unless a request names its own context_tokens."""
     from fim_server.models.loader import bundled_path
 
-    engine = AREngine(load_model(str(bundled_path("ar")), kind="ar"))
-    assert engine.lm.context_tokens == 1024 and engine.lm.default_context_tokens == 256
+    path = bundled_path("ar")
+    default = json.loads((path / "config.json").read_text())["fim_default_context_tokens"]
+    engine = AREngine(load_model(str(path), kind="ar"))
+    assert engine.lm.context_tokens == 1024 and engine.lm.default_context_tokens == default < 1024
     long_prefix = "".join(f"value_{i} = compute(value_{i - 1}, {i})\n" for i in range(1, 400))
     req = InfillRequest(long_prefix, "\nprint(value_399)\n", "long")
     base = DecodeConfig(engine="ar", max_tokens=64)
     served = len(engine.start(req, base).prompt)
     asked = len(engine.start(req, base.replace(context_tokens=1024)).prompt)
-    assert served <= 256 - 64 < asked <= 1024 - 64
+    assert served <= default - 64 < asked <= 1024 - 64
     assert engine.context_limit(base.replace(max_tokens=512)) == 512 + RESERVED_TOKENS   # room for the middle

@@ -179,6 +179,27 @@ def test_ar_batches_mark_the_middle_labels_and_scale_with_the_drawn_length():
         Batches(tok, _sources(), TrainConfig(objective="ar", seq_len=256, context_mix="512"), seed=0)
 
 
+def test_block_batches_cut_their_prompts_to_the_length_drawn_from_the_context_mix():
+    """With --context-mix a block batch's prompts fit the length drawn for it, with and without
+    a teacher (whose own budget split, as served, cuts the distilled prompts)."""
+    from fim_server.train.recipe import Batches
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast.from_pretrained(BUNDLED_TOKENIZER)
+    from fim_server.models.loader import bundled_path
+
+    teacher = load_engine("ar", str(bundled_path("ar")), dtype="float32")    # a 1024-token window
+    for with_teacher in (None, teacher):
+        cfg = TrainConfig(objective="block", seq_len=256, max_middle=16, batch=2, block_size=4, context_mix="96,256")
+        batches = Batches(tok, _sources(), cfg, seed=3, teacher=with_teacher)
+        assert batches.lengths == [96, 256]
+        short = max(len(r.prompt) for _ in range(3) for r in batches.block_rows(96))
+        long = max(len(r.prompt) for _ in range(3) for r in batches.block_rows(256))
+        assert short <= 96 - 16 < long <= 256
+        kinds = {batches.next()[0] for _ in range(4)}
+        assert kinds == {"block"}
+
+
 def test_spm_order_puts_the_prefix_next_to_the_middle_in_training_and_in_the_saved_config(tmp_path):
     from fim_server.train.recipe import Batches, Specials, ar_example
     from transformers import PreTrainedTokenizerFast

@@ -78,9 +78,12 @@ class TrainConfig:
     stdlib_share: float = arg(0.0, "share of training windows from the standard library (0: by length, ~6%% of the corpus)")
     whole_lines: float = arg(0.5, "share of FIM cuts at line boundaries (the rest: rest-of-line and span cuts, 3:2)")
     word_cuts: float = arg(0.0, "share of rest-of-line cuts whose cursor is at a pause point (data.pause_points)")
-    context_weight: float = arg(1.0, "ar: loss weight of prefix/suffix tokens against middle tokens (1: plain LM loss)")
-    context_mix: str = arg("", "ar: comma-separated sequence lengths, one drawn per batch; the batch grows so that "
-                               "a batch stays batch x seq_len tokens (short contexts, more middles)")
+    context_weight: float = arg(1.0, "ar, block's AR batches: loss weight of prefix/suffix tokens against middle "
+                                     "tokens (1: plain LM loss)")
+    context_mix: str = arg("", "ar, block: comma-separated sequence lengths, one drawn per batch. AR batches grow so "
+                               "that a batch stays batch x seq_len tokens (short contexts, more middles); block "
+                               "batches keep their rows, the prompts cut to the drawn length (distilled: the "
+                               "teacher's own budget split, as served)")
     fim_order: str = arg("psm", "ar, block: psm <pre> P <suf> S <mid>, or spm <suf> S <pre> P <mid> (the prefix's "
                                 "end next to the middle); written to config.json as fim_order")
 
@@ -215,7 +218,7 @@ class Batches:
         self.sampler = ExampleSampler(sources, seed, window_chars=WINDOW_CHARS_PER_TOKEN * cfg.seq_len,
                                       stdlib_share=cfg.stdlib_share, whole_lines=cfg.whole_lines,
                                       word_cuts=cfg.word_cuts)
-        self.lengths = ar_lengths(cfg) if cfg.objective == "ar" else [cfg.seq_len]
+        self.lengths = ar_lengths(cfg) if cfg.objective in ("ar", "block") else [cfg.seq_len]
         self.rng = random.Random(seed + 1)
         self.teacher = teacher
 
@@ -224,7 +227,7 @@ class Batches:
         if cfg.objective == "ar" or (cfg.objective == "block" and self.rng.random() < cfg.ar_fraction):
             return self.ar_batch(self.rng.choice(self.lengths))
         if cfg.objective == "block":
-            rows = self.block_rows()
+            rows = self.block_rows(self.rng.choice(self.lengths) if len(self.lengths) > 1 else cfg.seq_len)
             return ("block", *block_objective.collate(rows, cfg.block_size, self.sp.mask, self.sp.eot, self.rng))
         ex = [diffusion_example(self.tok, self.sp, self.sampler, cfg, self.rng) for _ in range(cfg.batch)]
         return ("diffusion", *collate(ex, self.sp.eot))
@@ -240,22 +243,23 @@ class Batches:
             middle[b, :len(mid)] = torch.tensor(mid)
         return "ar", ids, labels, valid, middle
 
-    def block_rows(self) -> list:
-        """PSM prompts and middles (the teacher's greedy middles when there is a teacher)."""
+    def block_rows(self, length: int) -> list:
+        """FIM prompts of at most `length` tokens and their middles (the teacher's greedy middles
+        when there is a teacher)."""
         cfg, sp, end = self.cfg, self.sp, self.sp.eot
         if self.teacher is None:
             rows = []
             while len(rows) < cfg.batch:
-                parts = encode_split(self.tok, self.sampler.split(), cfg, cfg.seq_len - cfg.max_middle - cfg.block_size - 3)
+                parts = encode_split(self.tok, self.sampler.split(), cfg, length - cfg.max_middle - cfg.block_size - 3)
                 if parts:
                     p, m, s = parts
                     rows.append(block_objective.block_row(sp.prompt(p, s, cfg.fim_order), m + [end], end,
                                                           cfg.block_size))
             return rows
-        return self.distilled_rows()
+        return self.distilled_rows(length)
 
     @torch.inference_mode()
-    def distilled_rows(self) -> list:
+    def distilled_rows(self, length: int) -> list:
         """Sequence-level distillation: the teacher (an AR engine) decodes each prompt greedily;
         its middle, cut at its end token, is the target. A middle the repetition guard cut ends
         there too, so the student learns the guarded teacher's output (the loop's first copy,
@@ -264,7 +268,7 @@ class Batches:
         from fim_server.wire.options import DecodeConfig
 
         cfg, end = self.cfg, self.sp.eot
-        config = DecodeConfig(engine="ar", max_tokens=cfg.max_middle, kv_reuse=False, context_tokens=cfg.seq_len)
+        config = DecodeConfig(engine="ar", max_tokens=cfg.max_middle, kv_reuse=False, context_tokens=length)
         splits = [self.sampler.split() for _ in range(cfg.batch)]
         rows = [self.teacher.start(InfillRequest(sp.prefix, sp.suffix), config) for sp in splits]
         self.teacher.decode(rows, config, None)
@@ -497,8 +501,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("--objective must be diffusion, ar or block")
     if cfg.fim_order not in ("psm", "spm") or (cfg.fim_order == "spm" and cfg.objective == "diffusion"):
         raise SystemExit("--fim-order must be psm or spm, and spm applies to --objective ar and block only")
-    if cfg.context_mix and cfg.objective != "ar":
-        raise SystemExit("--context-mix applies to --objective ar only")
+    if cfg.context_mix and cfg.objective == "diffusion":
+        raise SystemExit("--context-mix applies to --objective ar and block only")
     if not 0.0 <= cfg.whole_lines <= 1.0 or not 0.0 <= cfg.word_cuts <= 1.0 or cfg.context_weight < 0:
         raise SystemExit("--whole-lines and --word-cuts must lie in [0, 1] and --context-weight must not be negative")
     path = train(cfg)
