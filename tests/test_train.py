@@ -40,6 +40,17 @@ def test_seeded_runs_give_identical_weights(ar_runs, tmp_path):
     assert not same(weights(first), weights(other))
 
 
+def test_a_run_resumes_from_its_checkpoint_and_logs_a_changed_config(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    train(TrainConfig(objective="ar", out=out, **{**TINY, "steps": 2, "eval_every": 2}))
+    final = train(TrainConfig(objective="ar", out=out, **{**TINY, "steps": 3, "eval_every": 1}))
+    assert "resuming from step 2" in capsys.readouterr().out
+    log = json.loads((final / "train_log.json").read_text())
+    assert [h["step"] for h in log["history"]] == [2, 3]             # step 2 from the first start, 3 resumed
+    assert log["config"]["steps"] == 3 and log["config"]["eval_every"] == 1
+    assert log["restarts"] == [{"step": 2, "was": {"steps": 2, "eval_every": 2}, "now": {"steps": 3, "eval_every": 1}}]
+
+
 def test_keep_at_leaves_a_loadable_snapshot_without_optimizer_state(ar_runs):
     root, first, _ = ar_runs
     snap = root / "a" / "step-2"

@@ -419,7 +419,12 @@ def train(cfg: TrainConfig) -> Path:
         opt.load_state_dict(state["opt"])
         start = state["step"]
         log = json.loads((out / "checkpoint" / "train_log.json").read_text())
-        print(f"resuming from step {start}")
+        changed = {k: v for k, v in asdict(cfg).items() if log["config"].get(k) != v}
+        if changed:       # the log's config is the one in force; each restart that changed it is kept
+            log.setdefault("restarts", []).append({"step": start, "was": {k: log["config"].get(k) for k in changed},
+                                                   "now": changed})
+            log["config"] = asdict(cfg)
+        print(f"resuming from step {start}" + (f", with {changed}" if changed else ""))
     teacher = None
     if cfg.distill_from:
         from fim_server.engine import load_engine
