@@ -256,18 +256,22 @@ def test_context_weight_zero_is_the_middle_only_loss_and_one_the_plain_loss(ar_r
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--objective", "block", "--context-mix", "256"], "--context-mix applies to --objective ar only"),
+    (["--objective", "diffusion", "--context-mix", "256"], "--context-mix applies to --objective ar and block"),
     (["--objective", "ar", "--whole-lines", "1.5"], "--whole-lines and --word-cuts must lie in"),
     (["--objective", "ar", "--word-cuts", "-0.1"], "--whole-lines and --word-cuts must lie in"),
     (["--objective", "diffusion", "--fim-order", "spm"], "--fim-order must be psm or spm"),
     (["--objective", "ar", "--fim-order", "sp"], "--fim-order must be psm or spm"),
     (["--objective", "ar", "--context-weight", "-1"], "--context-weight must not be negative"),
 ])
-def test_train_refuses_options_it_cannot_honour(flags, message):
+def test_train_refuses_options_it_cannot_honour(flags, message, monkeypatch):
     import argparse
 
+    from fim_server.train import recipe
     from fim_server.train.recipe import add_arguments, main
 
+    def accepted(cfg):          # fail at once instead of training for an hour
+        raise AssertionError(f"the options were accepted: {flags}")
+    monkeypatch.setattr(recipe, "train", accepted)
     p = argparse.ArgumentParser()
     add_arguments(p)
     with pytest.raises(SystemExit, match=message):
