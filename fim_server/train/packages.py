@@ -173,7 +173,8 @@ def fetch_one(name: str, corpus: Path, pin: Optional[dict] = None) -> PackageRec
     if is_excluded_project(name):
         record.reason = "excluded: reserved for evaluation or pinned by the bench"
         return record
-    spec = f"{name}=={pinned_version(pin)}" if pin and pinned_version(pin) else name
+    version = pinned_version(pin) if pin else ""
+    spec = f"{name}=={version}" if version else name
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = download(spec, Path(tmp))

@@ -21,7 +21,7 @@ import os
 import shutil
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -35,56 +35,52 @@ from . import block as block_objective
 from .data import ExampleSampler, collect_sources, iter_texts
 from fim_server.models.family import BUNDLED_SPECIAL_TOKENS, fim_parts, fim_prompt
 from fim_server.models.random_init import train_bpe, wrap_tokenizer
-
-
-def arg(default, help: str):
-    """A TrainConfig field: its default and the help of its `fim-server train` flag."""
-    return field(default=default, metadata={"help": help})
+from fim_server.wire.options import option      # a field with its flag's help, as DecodeConfig's
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    objective: str = arg("diffusion", "diffusion | ar | block")
-    out: str = arg("runs/diffusion", "directory for checkpoints, logs and the final model")
-    tokenizer: str = arg("runs/tokenizer", "tokenizer directory; built here from the training data when missing")
-    vocab_size: int = arg(4096, "vocabulary of a tokenizer built here")
-    hidden: int = arg(256, "hidden size of a model built here (not with --init-from)")
-    layers: int = arg(4, "transformer layers of a model built here")
-    heads: int = arg(4, "attention heads of a model built here")
-    intermediate: int = arg(768, "MLP size of a model built here")
-    seq_len: int = arg(256, "tokens per training sequence (= the models' context budget)")
-    max_middle: int = arg(64, "middle tokens per FIM example (the inference canvas cap)")
-    batch: int = arg(16, "sequences per step")
-    steps: int = arg(3000, "optimiser steps in all (a run resumed from OUT/checkpoint goes on to this count)")
-    lr: float = arg(1e-3, "peak learning rate (linear warm-up, then cosine to zero)")
-    warmup: int = arg(200, "warm-up steps")
-    weight_decay: float = arg(0.1, "AdamW weight decay")
-    mdlm_fraction: float = arg(0.25, "diffusion: share of plain masked-LM windows (no FIM split)")
-    seed: int = arg(0, "seed of the data sampler and the initialisation")
-    threads: int = arg(0, "torch CPU threads; 0 = torch's default")
-    save_every: int = arg(250, "steps between resumable checkpoints")
-    eval_every: int = arg(250, "steps between held-out evaluations")
-    device: str = arg("auto", "auto | cpu | cuda | cuda:N")
-    init_from: str = arg("", "start from these weights (e.g. the AR twin: AR-to-diffusion adaptation)")
-    shifted: bool = arg(False, "diffusion: position i-1 predicts token i (keeps an AR head's meaning)")
-    bundle_to: str = arg("", "also write the final model here in float16 (package data)")
-    keep_at: str = arg("", "comma-separated steps whose weights are kept as out/step-N")
-    block_size: int = arg(8, "block: slots per block (the engine's --block-size)")
-    certainty: float = arg(0.0, "block: weight of the entropy penalty on masked slots already right")
-    ar_fraction: float = arg(0.0, "block: share of batches that are plain AR (next-token) batches")
-    distill_from: str = arg("", "block: an AR FIM model whose greedy middles become the targets")
-    bf16: bool = arg(False, "bfloat16 autocast (CPUs with bf16 matrix units: AMX, avx512_bf16)")
-    corpus: str = arg("", "a package corpus fetched by `python -m fim_server.train.packages`")
-    stdlib_share: float = arg(0.0, "share of training windows from the standard library (0: by length, ~6%% of the corpus)")
-    whole_lines: float = arg(0.5, "share of FIM cuts at line boundaries (the rest: rest-of-line and span cuts, 3:2)")
-    word_cuts: float = arg(0.0, "share of rest-of-line cuts whose cursor is at a pause point (data.pause_points)")
-    context_weight: float = arg(1.0, "ar, block's AR batches: loss weight of prefix/suffix tokens against middle "
+    objective: str = option("diffusion", "diffusion | ar | block")
+    out: str = option("runs/diffusion", "directory for checkpoints, logs and the final model")
+    tokenizer: str = option("runs/tokenizer", "tokenizer directory; built here from the training data when missing")
+    vocab_size: int = option(4096, "vocabulary of a tokenizer built here")
+    hidden: int = option(256, "hidden size of a model built here (not with --init-from)")
+    layers: int = option(4, "transformer layers of a model built here")
+    heads: int = option(4, "attention heads of a model built here")
+    intermediate: int = option(768, "MLP size of a model built here")
+    seq_len: int = option(256, "tokens per training sequence (= the models' context budget)")
+    max_middle: int = option(64, "middle tokens per FIM example (the inference canvas cap)")
+    batch: int = option(16, "sequences per step")
+    steps: int = option(3000, "optimiser steps in all (a run resumed from OUT/checkpoint goes on to this count)")
+    lr: float = option(1e-3, "peak learning rate (linear warm-up, then cosine to zero)")
+    warmup: int = option(200, "warm-up steps")
+    weight_decay: float = option(0.1, "AdamW weight decay")
+    mdlm_fraction: float = option(0.25, "diffusion: share of plain masked-LM windows (no FIM split)")
+    seed: int = option(0, "seed of the data sampler and the initialisation")
+    threads: int = option(0, "torch CPU threads; 0 = torch's default")
+    save_every: int = option(250, "steps between resumable checkpoints")
+    eval_every: int = option(250, "steps between held-out evaluations")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    init_from: str = option("", "start from these weights (e.g. the AR twin: AR-to-diffusion adaptation)")
+    shifted: bool = option(False, "diffusion: position i-1 predicts token i (keeps an AR head's meaning)")
+    bundle_to: str = option("", "also write the final model here in float16 (package data)")
+    keep_at: str = option("", "comma-separated steps whose weights are kept as out/step-N")
+    block_size: int = option(8, "block: slots per block (the engine's --block-size)")
+    certainty: float = option(0.0, "block: weight of the entropy penalty on masked slots already right")
+    ar_fraction: float = option(0.0, "block: share of batches that are plain AR (next-token) batches")
+    distill_from: str = option("", "block: an AR FIM model whose greedy middles become the targets")
+    bf16: bool = option(False, "bfloat16 autocast (CPUs with bf16 matrix units: AMX, avx512_bf16)")
+    corpus: str = option("", "a package corpus fetched by `python -m fim_server.train.packages`")
+    stdlib_share: float = option(0.0, "share of training windows from the standard library (0: by length, ~6% of the corpus)")
+    whole_lines: float = option(0.5, "share of FIM cuts at line boundaries (the rest: rest-of-line and span cuts, 3:2)")
+    word_cuts: float = option(0.0, "share of rest-of-line cuts whose cursor is at a pause point (data.pause_points)")
+    context_weight: float = option(1.0, "ar, block's AR batches: loss weight of prefix/suffix tokens against middle "
                                      "tokens (1: plain LM loss)")
-    context_mix: str = arg("", "ar, block: comma-separated sequence lengths, one drawn per batch. AR batches grow so "
+    context_mix: str = option("", "ar, block: comma-separated sequence lengths, one drawn per batch. AR batches grow so "
                                "that a batch stays batch x seq_len tokens (short contexts, more middles); block "
                                "batches keep their rows, the prompts cut to the drawn length (distilled: the "
                                "teacher's own budget split, as served)")
-    fim_order: str = arg("psm", "ar, block: psm <pre> P <suf> S <mid>, or spm <suf> S <pre> P <mid> (the prefix's "
+    fim_order: str = option("psm", "ar, block: psm <pre> P <suf> S <mid>, or spm <suf> S <pre> P <mid> (the prefix's "
                                 "end next to the middle); written to config.json as fim_order")
 
 
@@ -227,6 +223,7 @@ class Batches:
         if cfg.objective == "ar" or (cfg.objective == "block" and self.rng.random() < cfg.ar_fraction):
             return self.ar_batch(self.rng.choice(self.lengths))
         if cfg.objective == "block":
+            # no draw without a mix, so that runs from before --context-mix keep their random stream
             rows = self.block_rows(self.rng.choice(self.lengths) if len(self.lengths) > 1 else cfg.seq_len)
             return ("block", *block_objective.collate(rows, cfg.block_size, self.sp.mask, self.sp.eot, self.rng))
         ex = [diffusion_example(self.tok, self.sp, self.sampler, cfg, self.rng) for _ in range(cfg.batch)]
@@ -496,7 +493,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(f.default, bool) else type(f.default)
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,
                        metavar="BOOL" if isinstance(f.default, bool) else None,
-                       help=f"{f.metadata['help']} (default: {f.default!r})")
+                       help=f"{f.metadata['help']} (default: {f.default!r})".replace("%", "%%"))   # argparse %-formats help
 
 
 def main(args: argparse.Namespace) -> int:
