@@ -12,7 +12,7 @@ from transformers import DynamicCache
 from fim_server.engine.block import BlockEngine
 from fim_server.engine import lossless
 from fim_server.engine.kv import keep_positions, new_cache
-from fim_server.engine.lossless import Draft, lookup_drafts, text_order
+from fim_server.engine.lossless import Draft, lookup_drafts, mask_branches, text_order
 from fim_server.engine.types import InfillRequest
 from fim_server.models import load_model
 from fim_server.models.loader import bundled_path
@@ -62,13 +62,15 @@ def greedy_reference(engine, req, max_tokens: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("block,lookup,candidates,ngram", [(1, 0, 1, 0), (4, 0, 1, 0), (8, 0, 1, 0), (1, 8, 1, 0),
-                                                           (4, 8, 1, 0), (4, 8, 3, 0), (4, 8, 3, 6)])
+@pytest.mark.parametrize("block,lookup,candidates,ngram,alternatives",
+                         [(1, 0, 1, 0, 0), (4, 0, 1, 0, 0), (8, 0, 1, 0, 0), (1, 8, 1, 0, 0), (4, 8, 1, 0, 0),
+                          (4, 8, 3, 0, 0), (4, 8, 3, 6, 0), (4, 0, 1, 0, 2), (4, 8, 3, 6, 2)])
 def test_lossless_equals_greedy_left_to_right_on_real_files(engine, references, block, lookup, candidates, ngram,
-                                                            monkeypatch):
-    """Every draft (the masks' guesses, a tree of lookup candidates and the guesses, the bundled
-    next-token table's chain) leaves the middle the greedy one; with several branches some rounds
-    accept one after the first, so the cache is packed (keep_positions) rather than cropped."""
+                                                            alternatives, monkeypatch):
+    """Every draft (the masks' guesses and their second choices, a tree of lookup candidates and
+    the guesses, the bundled next-token table's chain) leaves the middle the greedy one; with
+    several branches some rounds accept one after the first, so the cache is packed
+    (keep_positions) rather than cropped."""
     packed = []
     monkeypatch.setattr(lossless, "keep_positions", lambda *a: packed.append(a[2]) or keep_positions(*a))
     if ngram:
@@ -77,16 +79,16 @@ def test_lossless_equals_greedy_left_to_right_on_real_files(engine, references, 
         real_chain = engine.ngrams.chain
         monkeypatch.setattr(engine.ngrams, "chain", lambda *a: chains.append(real_chain(*a)) or chains[-1])
     config = DecodeConfig(engine="block", max_tokens=20, block_size=block, lossless=True, repetition_guard=False,
-                          lookup=lookup, lookup_candidates=candidates, ngram=ngram)
+                          lookup=lookup, lookup_candidates=candidates, ngram=ngram, mask_alternatives=alternatives)
     cases = real_cases()
     results = engine.infill(cases, config)
     for req, got in zip(cases, results):
         assert got.token_ids == references[req.id], req.id
     if block > 1 or lookup:      # agreeing drafts: fewer forwards than tokens over the set
         assert sum(r.stats.nfe for r in results) < sum(len(r.token_ids) for r in results)
-    if not lookup:                # one branch, the masks': accepted along it, the cache is cropped
+    if not lookup and not alternatives:     # one branch, the masks': accepted along it, the cache is cropped
         assert not packed
-    if candidates > 1:            # some rounds accept a branch after the first
+    if candidates > 1 or alternatives:      # some rounds accept a branch after the first
         assert packed
     if ngram:                     # the table proposed drafts in many rounds (about half, measured)
         assert sum(bool(c) for c in chains) >= len(chains) // 4
@@ -151,6 +153,17 @@ def test_lookup_candidates_come_latest_and_longest_first_without_repeats():
     assert lookup_drafts([1, 2, 3, 9, 2, 3, 4, 2, 3], 2, count=3) == [[4, 2], [9, 2]]
     assert lookup_drafts([1, 2, 1, 2, 3, 1, 2], 1, count=3) == [[3], [1]]
     assert lookup_drafts([7, 1, 2, 7, 1, 2, 7], 3, count=3) == [[1, 2, 7]]   # found by every match length
+
+
+def test_mask_alternatives_swap_in_the_second_choice_likeliest_to_pay():
+    top = [[1, 2], [3, 4], [5, 6]]
+    # reach x second choice: slot 0 1.0 x 0.3, slot 1 0.6 x 0.35 = 0.21, slot 2 0.6 x 0.5 x 0.1 = 0.03
+    probs = [[0.6, 0.3], [0.5, 0.35], [0.8, 0.1]]
+    assert mask_branches(top, probs, 0) == [[1, 3, 5]]
+    assert mask_branches(top, probs, 2) == [[1, 3, 5], [2, 3, 5], [1, 4, 5]]
+    assert mask_branches(top, probs, 9) == [[1, 3, 5], [2, 3, 5], [1, 4, 5], [1, 3, 6]]
+    assert mask_branches([[7], [8]], [[0.9], [0.9]], 0) == [[7, 8]]      # first choices only
+    assert mask_branches([], [], 2) == [[]]                              # no slot left: an empty branch
 
 
 def test_a_tree_of_candidates_shares_their_starts():

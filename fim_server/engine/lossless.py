@@ -30,6 +30,11 @@ Medusa and SpecInfer verify trees):
   draft would be conditioned on it, and be of use only when all of it is right. Reusing the
   later slots after a partly kept draft (before: only when nothing was kept) raised tokens per
   forward by 0.00-0.03 on HumanEval and repository middles (bundled block-s9, 2-core EPYC).
+- the masks' second choices (config.mask_alternatives): the chain of guesses again with one slot's
+  second-likeliest token, for the slots where that is likeliest to be reached and right (a pruned
+  Medusa tree). With the bundled block coder, two such chains raised tokens per forward from
+  2.45 / 2.52 / 2.23 to 2.49 / 2.61 / 2.28 on HumanEval single-line, multi-line and repository
+  middles (bench/results/lossless-mask-alternatives.json, 2-core EPYC); a third added nothing.
 - the next-token table's chain (engine/ngrams.py, when the checkpoint has one), in rounds
   where prompt lookup found nothing: the token that most often followed the last three (or
   two) tokens in the training corpus, appended and asked again, up to config.ngram tokens.
@@ -101,6 +106,21 @@ def lookup_drafts(tokens: list[int], length: int, count: int = 1, longest: int =
                 if len(found) == count:
                     return found
     return found
+
+
+def mask_branches(top: list[list[int]], probs: list[list[float]], alternatives: int) -> list[list[int]]:
+    """The masks' drafts from each slot's best tokens `top` [S, k] and their probabilities: the
+    chain of first choices, then up to `alternatives` chains that take one slot's second choice
+    instead, the slots whose second choice is likeliest to be reached and right first (a pruned
+    Medusa tree: the reach is the product of the first choices before the slot)."""
+    first = [choices[0] for choices in top]
+    scores, reach = [], 1.0
+    for j, p in enumerate(probs):
+        if len(p) > 1:
+            scores.append((reach * p[1], -j))
+        reach *= p[0]
+    picks = [-j for _, j in sorted(scores, reverse=True)[:alternatives]]
+    return [first] + [first[:j] + [top[j][1]] + first[j + 1:] for j in picks]
 
 
 class Draft:
@@ -193,7 +213,7 @@ class _Round:
         self.fresh = nxt                                 # accepted now, cached by the next round
         # the masks sit right after the fresh token: slot j stands for the token j + 1 after it,
         # so nxt is at slot len(path) and the guesses from there on are of the tokens after nxt
-        guesses = self._guesses(logits, 1 + len(draft), width)[len(path):]
+        guesses = self._guesses(logits, 1 + len(draft), width, skip=len(path))
         self._accept([draft.tokens[node] for node in path] + [nxt])
         if not self.row.done:
             self._next_draft(guesses)
@@ -209,14 +229,14 @@ class _Round:
             node, token = child, greedy[1 + child]
         return path, token
 
-    def _next_draft(self, guesses: list[int]) -> None:
+    def _next_draft(self, guesses: list[list[int]]) -> None:
         """Lookup's candidates, the masks' guesses (when they follow the fresh token), then the
         next-token table's chain, merged into one tree; each no longer than the room left after
         the fresh token."""
         room = max(0, self.config.max_tokens - len(self.row.ids) - 1)
         seen = self.text_order + self.row.ids
         found = lookup_drafts(seen, min(self.config.lookup, room), self.config.lookup_candidates)
-        branches = found + [guesses[:room]]
+        branches = found + [branch[:room] for branch in guesses]
         # the table's chain only where the document does not repeat itself: there it adds most
         # (lookup found nothing), elsewhere its query slots cost about what it saves (CPU)
         if not found and self.config.ngram and self.engine.ngrams is not None:
@@ -227,10 +247,13 @@ class _Round:
         """Mask slots: a block, or the room left, at least 1."""
         return min(self.config.block_size, max(1, self.config.max_tokens - len(self.row.ids)))
 
-    def _guesses(self, logits: torch.Tensor, start: int, width: int) -> list[int]:
-        """The guesses of the mask block at query `start` [W - 1]: its slot 0 stands for the token
-        just accepted, and slot j's logits (shifted) guess the token after slot j."""
-        return logits[start:start + width - 1].argmax(dim=-1).tolist()
+    def _guesses(self, logits: torch.Tensor, start: int, width: int, skip: int = 0) -> list[list[int]]:
+        """The mask block's branches (mask_branches) from its slots at query `start`, the first
+        `skip` guesses left out (they stood for draft tokens already kept): its slot 0 stands for
+        the token just accepted, and slot j's logits (shifted) guess the token after slot j."""
+        probs = logits[start + skip:start + width - 1].softmax(dim=-1)        # [W - 1 - skip, V]
+        top = probs.topk(2 if self.config.mask_alternatives else 1, dim=-1)   # one host sync
+        return mask_branches(top.indices.tolist(), top.values.tolist(), self.config.mask_alternatives)
 
     def _accept(self, tokens: list[int]) -> None:
         """Append accepted tokens to the middle with the engines' stop rules (Engine.take); what
