@@ -136,6 +136,22 @@ def test_lookup_drafts_save_forwards_where_the_document_repeats_itself(engine):
     assert looked.stats.nfe < plain.stats.nfe
 
 
+def test_the_prefill_verifies_a_draft_for_the_cursor(engine, references, monkeypatch):
+    """A lookup draft that knows the greedy middle, offered for the cursor itself, is accepted
+    in the very first forward (the prompt, then the draft after it): the whole middle of 6 tokens
+    from one forward. A wrong one changes nothing but the forwards."""
+    config = DecodeConfig(engine="block", max_tokens=6, block_size=4, lossless=True, repetition_guard=False,
+                          ngram=0)
+    for req in real_cases()[:4]:
+        want = references[req.id][:6]                       # the greedy middle (20 tokens) begins so
+        for draft in (want, [want[0] + 1] * 6):
+            monkeypatch.setattr(lossless, "lookup_drafts", lambda seen, n, k: [draft[:n]])
+            got = engine.infill([req], config)[0]
+            assert got.token_ids == want, req.id
+            if draft is want:
+                assert got.stats.nfe == 1, req.id
+
+
 def test_lookup_draft_follows_the_latest_longest_match():
     doc = [5, 6, 7, 1, 2, 9, 9, 5, 6, 8, 3, 5, 6]
     assert lookup_drafts(doc, 2) == [[8, 3]]              # (5, 6) last recurs at 7: what followed it

@@ -3,13 +3,21 @@
 token for token the network's greedy left-to-right (causal) decoding of the PSM prompt; drafts
 only save forwards when they agree with that decoding.
 
-The prefill computes the prompt (causal) and a block of masks after it in one forward: the
-prompt's last position gives the first token, the masks a first draft. Then one forward per
-round, over the cache (the prompt and every accepted token, causal, so exact):
+One forward per round, over the cache (the prompt and every accepted token, causal, so exact):
 
-    queries   fresh   the token the last round accepted last, not cached yet    causal
-              draft   a tree of guesses to verify; a node sees its ancestors     causal along a branch
-              masks   block_size slots right after the fresh token               the fresh token, each other
+    queries   lead    the token the last round accepted last, not cached yet    causal
+                      (the first round, the prefill: the prompt's uncached tokens)
+              draft   a tree of guesses to verify; a node sees the lead and     causal along a branch
+                      its ancestors
+              masks   block_size slots right after the last lead token          the lead, each other
+
+The prefill's draft is what prompt lookup finds for the cursor itself (or the next-token table's
+chain), so a middle that starts as something the document already says can be accepted from the
+very first forward. Before, the prefill only ran the masks, and the first draft was verified one
+forward later: with the bundled block coder, verifying drafts in the prefill raised tokens per
+forward from 2.49 / 2.61 / 2.28 to 2.86 / 3.00 / 2.42 on HumanEval single-line, multi-line and repository middles
+(bench/results/lossless-prefill-draft.json, 2-core EPYC). In the text below, the fresh token is
+the last lead token.
 
 Shifted logits (the AR-initialised block coders): the logits at a position are the causal
 prediction of the token after it. Verification walks the draft from the fresh token along those
@@ -182,7 +190,7 @@ class _Round:
         self.device = engine.lm.device
         self.mask_id = engine.ids.mask
         self.pos = 0                                     # position of the first uncached token
-        self.fresh = 0                                   # set by the prefill
+        self.fresh = 0                                   # the token accepted last, set by each round
         self.text_order = text_order(list(row.prompt), engine.ids)
         self.draft = Draft()                             # the next round's tree to verify
         self._prefill(row)
@@ -194,27 +202,34 @@ class _Round:
             if steps >= self.config.step_cap:
                 self.row.finish("steps")
                 return
-            self._round()
+            self._advance(*self._round([self.fresh]))
             steps += 1
             poll()
 
     # ---------------------------------------------------------------- one round
 
-    def _round(self) -> None:
-        draft = self.draft
-        width = self._width()
-        queries = [self.fresh] + draft.tokens + [self.mask_id] * width
-        logits = self._forward(queries, draft, width)                           # [Q, V]
+    def _round(self, lead: list[int]) -> tuple[torch.Tensor, list[int], int]:
+        """One forward over the cache: `lead` (the tokens not cached yet, causal: the prompt's rest
+        at the prefill, then the fresh token), the draft and a block of masks. Keeps the KV of the
+        lead and of the draft nodes it accepts; returns the logits [1 + N + W, V] (after the last
+        lead token, the N nodes, the W masks), the accepted path and the token after it."""
+        draft, width = self.draft, self._width()
+        logits = self._forward(lead, draft, width)
         self.row.nfe += 1
         path, nxt = self._verify(logits, draft)
-        kept = [0] + [1 + node for node in path]         # queries whose KV stays (causal, right tokens)
-        self._keep(kept, len(queries))
+        kept = list(range(len(lead))) + [len(lead) + node for node in path]    # causal, right tokens
+        self._keep(kept, len(lead) + len(draft) + width)
         self.pos += len(kept)
-        self.fresh = nxt                                 # accepted now, cached by the next round
-        # the masks sit right after the fresh token: slot j stands for the token j + 1 after it,
-        # so nxt is at slot len(path) and the guesses from there on are of the tokens after nxt
-        guesses = self._guesses(logits, 1 + len(draft), width, skip=len(path))
-        self._accept([draft.tokens[node] for node in path] + [nxt])
+        return logits, path, nxt
+
+    def _advance(self, logits: torch.Tensor, path: list[int], nxt: int) -> None:
+        """Accept a round's path and the token after it (fresh: cached by the next round), and
+        draft the next round."""
+        self.fresh = nxt
+        # the masks sit right after the last lead token: slot j stands for the token j + 1 after
+        # it, so nxt is at slot len(path) and the guesses from there on are of the tokens after nxt
+        guesses = self._guesses(logits, 1 + len(self.draft), self._width(), skip=len(path))
+        self._accept([self.draft.tokens[node] for node in path] + [nxt])
         if not self.row.done:
             self._next_draft(guesses)
 
@@ -266,58 +281,42 @@ class _Round:
     # ---------------------------------------------------------------- forwards
 
     def _prefill(self, row) -> None:
-        """The prompt, causal, over the KV it shares with the document's last request (row.past,
-        exact: as in the AR and block engines), which then keeps this prompt's KV, and a mask block
-        after it in the same forward. The prompt's last position gives the first token (causal, so
-        exactly greedy's), the masks a first draft: the first round then verifies a draft instead
-        of only drafting. The masks' KV is dropped."""
-        ids, mask, positions, self.cache = prefill_inputs([row.prompt], [row.past], self.engine.ids.pad,
-                                                          self.device, self.lm.model.config)
-        width = self._width()                            # nothing accepted yet: a block, or max_tokens
-        masks = torch.full((1, width), self.mask_id, dtype=ids.dtype, device=self.device)
-        after = positions[:, -1:] + 1 + torch.arange(width, device=self.device)[None]      # [1, W]
-        keep = {"logits_to_keep": width + 1} if self.engine.keep_last else {}
-        logits, _ = self.lm.forward(self.cache, input_ids=torch.cat([ids, masks], dim=1),
-                                    attention_mask=self._prefill_mask(mask, ids.shape[1], width),
-                                    position_ids=torch.cat([positions, after], dim=1), use_cache=True, **keep)
-        logits = logits[0, -(width + 1):].float().masked_fill(self.engine.banned, float("-inf"))   # [1 + W, V]
-        self.cache.crop(-width)
-        remember_prompts(self.engine.kv_store, [row], self.cache, mask)
-        row.nfe += 1                                     # the prefill counts, as in the AR and block engines
-        self.pos = len(row.prompt)
-        self.fresh = int(logits[0].argmax())             # the causal prediction after the prompt
-        self._accept([self.fresh])
-        if not row.done:
-            self._next_draft(self._guesses(logits, 1, width))
+        """The first round: the prompt, causal, over the KV it shares with the document's last
+        request (row.past, exact: as in the AR and block engines), which then keeps this prompt's
+        KV; after it the draft that prompt lookup (or the table) finds for the cursor, and a mask
+        block. The prompt's last position gives the first token (causal, so exactly greedy's), a
+        draft that agrees gives more, and the masks a first draft for the next round."""
+        ids, valid, _, self.cache = prefill_inputs([row.prompt], [row.past], self.engine.ids.pad,
+                                                   self.device, self.lm.model.config)
+        assert bool(valid.all()), "one row: no padding"  # so every cached key is seen, as in a round
+        self.pos = self.cache.get_seq_length()           # the reused tokens
+        self._next_draft([])                             # no masks' guesses yet
+        logits, path, nxt = self._round(ids[0].tolist())
+        remember_prompts(self.engine.kv_store, [row], self.cache, valid)    # the prompt: the first K slots
+        self._advance(logits, path, nxt)
 
-    def _prefill_mask(self, valid: torch.Tensor, t: int, width: int) -> torch.Tensor:
-        """[1, 1, T + W, K + W] bool for T new prompt tokens over K = cache + T keys (`valid`
-        [1, K]), then W masks: the prompt causal, the masks see the whole prompt and each other."""
-        k = valid.shape[1]
-        keys = torch.arange(k + width, device=self.device)                                  # [K + W]
-        rows = torch.cat([k - t + torch.arange(t, device=self.device),
-                          torch.full((width,), k + width - 1, device=self.device)])        # last key each query sees
-        seen = keys[None, :] <= rows[:, None]                                               # [T + W, K + W]
-        seen[:, :k] &= valid[0].bool()[None, :]
-        return seen[None, None]
-
-    def _forward(self, queries: list[int], draft: Draft, width: int) -> torch.Tensor:
-        """Logits [Q, V] (banned ids at -inf) of the queries [fresh, draft nodes, masks] over the
-        cache: the fresh token sees the cache, a node its ancestors and itself, the masks the
-        fresh token and each other. A node sits at its depth after the fresh token, mask slot j at
+    def _forward(self, lead: list[int], draft: Draft, width: int) -> torch.Tensor:
+        """Logits [1 + N + W, V] (banned ids at -inf) after the last of the T `lead` tokens, after
+        each of the N draft nodes and at the W masks, over the cache: the lead tokens see the
+        cache and each other causally, a node the lead, its ancestors and itself, the masks the
+        lead and each other. A node sits at its depth after the last lead token, mask slot j at
         j + 1."""
-        q, n = len(queries), len(draft)
+        t, n = len(lead), len(draft)
+        q = t + n + width
         inner = torch.zeros((q, q), dtype=torch.bool)
-        inner[:, 0] = True
-        inner[1:1 + n, 1:1 + n] = draft.lineage()
-        inner[1 + n:, 1 + n:] = True                      # masks: the fresh token and each other
+        inner[:t, :t] = torch.ones((t, t), dtype=torch.bool).tril()
+        inner[t:, :t] = True
+        inner[t:t + n, t:t + n] = draft.lineage()
+        inner[t + n:, t + n:] = True                      # masks: the lead and each other
         cached = torch.ones((q, self.pos), dtype=torch.bool)
         mask = torch.cat([cached, inner], dim=1)[None, None].to(self.device)          # [1, 1, Q, K + Q]
-        offsets = [0] + [1 + d for d in draft.depths()] + list(range(1, 1 + width))
+        offsets = list(range(t)) + [t + d for d in draft.depths()] + list(range(t, t + width))
         positions = self.pos + torch.tensor([offsets], device=self.device)             # [1, Q]
+        queries = lead + draft.tokens + [self.mask_id] * width
+        keep = {"logits_to_keep": 1 + n + width} if self.engine.keep_last else {}
         logits, _ = self.lm.forward(self.cache, input_ids=torch.tensor([queries], device=self.device),
-                                    attention_mask=mask, position_ids=positions, use_cache=True)
-        return logits[0].float().masked_fill(self.engine.banned, float("-inf"))
+                                    attention_mask=mask, position_ids=positions, use_cache=True, **keep)
+        return logits[0, -(1 + n + width):].float().masked_fill(self.engine.banned, float("-inf"))
 
     def _keep(self, kept: list[int], queries: int) -> None:
         """Of this round's queries' KV, keep those at `kept` (ascending), packed after the cache."""
