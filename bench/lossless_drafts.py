@@ -5,7 +5,7 @@ middles, the settings taking turns case by case so that whatever else the machin
 all of them alike.
 
     python -m bench.lossless_drafts [--single 150] [--multi 60] [--candidates 1,2,3,4]
-                                    [--ngram 0,4,8] [--repo 50] [--threads 1] [--dtype bfloat16] [--out FILE.json]
+                                    [--ngram 0,4,8] [--setting 'block lookup=12'] [--repo 50] [--threads 1] [--dtype bfloat16] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from bench.machine import describe, one_line
 from bench.model_eval import evenly
 from bench.pinned_repos import ensure_pinned
 from bench.repo_cases import sample_repo_cases
+from bench.settings import parse_setting
 from fim_server.engine import InfillRequest, load_engine
 from fim_server.measure import percentile
 from fim_server.wire.options import DecodeConfig
@@ -43,6 +44,10 @@ def settings(args, multi: bool) -> dict[str, DecodeConfig]:
     for n in args.ngram:
         out[f"lossless, table chain {n}"] = DecodeConfig(engine="block", block_size=4, lossless=True, ngram=n, **base)
     out["lossless, no lookup"] = DecodeConfig(engine="block", block_size=4, lossless=True, lookup=0, **base)
+    for spec in args.setting:       # 'block lookup=12 lookup_candidates=5': lossless, these options changed
+        setting = parse_setting(spec, {})
+        out[f"lossless, {' '.join(f'{k}={v}' for k, v in setting.options)}"] = DecodeConfig(
+            engine="block", block_size=4, lossless=True, **base).replace(**dict(setting.options))
     return out
 
 
@@ -74,6 +79,8 @@ def main(argv=None) -> None:
                         help="next-token table chain lengths to compare (0 = no table), e.g. 0,4,8")
     parser.add_argument("--alternatives", type=lambda t: [int(x) for x in t.split(",")], default=[],
                         help="numbers of mask alternative chains to compare, e.g. 1,2,3")
+    parser.add_argument("--setting", action="append", default=[], metavar="'block OPTION=V ...'",
+                        help="one more lossless setting with these options changed (repeatable)")
     parser.add_argument("--repo", type=int, default=0, help="repository middles (fim-bench's repo suite); 0 = none")
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
