@@ -228,7 +228,8 @@ class _Round:
         self.fresh = nxt
         # the masks sit right after the last lead token: slot j stands for the token j + 1 after
         # it, so nxt is at slot len(path) and the guesses from there on are of the tokens after nxt
-        guesses = self._guesses(logits, 1 + len(self.draft), self._width(), skip=len(path))
+        width = logits.shape[0] - 1 - len(self.draft)   # the round's masks
+        guesses = self._guesses(logits, 1 + len(self.draft), width, skip=len(path))
         self._accept([self.draft.tokens[node] for node in path] + [nxt])
         if not self.row.done:
             self._next_draft(guesses)
