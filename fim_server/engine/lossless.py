@@ -14,10 +14,10 @@ One forward per round, over the cache (the prompt and every accepted token, caus
 The prefill's draft is what prompt lookup finds for the cursor itself (or the next-token table's
 chain), so a middle that starts as something the document already says can be accepted from the
 very first forward. Before, the prefill only ran the masks, and the first draft was verified one
-forward later: with the bundled block coder, verifying drafts in the prefill raised tokens per
-forward from 2.49 / 2.61 / 2.28 to 2.86 / 3.00 / 2.42 on HumanEval single-line, multi-line and repository middles
-(bench/results/lossless-prefill-draft.json, 2-core EPYC). In the text below, the fresh token is
-the last lead token.
+forward later: with the bundled block coder (block-s9), verifying drafts in the prefill raised
+tokens per forward from 2.49 / 2.61 / 2.28 to 2.86 / 3.00 / 2.42 on HumanEval single-line,
+multi-line and repository middles (bench/results/lossless-prefill-draft.json, 2-core EPYC). In
+the text below, the fresh token is the last lead token.
 
 Shifted logits (the AR-initialised block coders): the logits at a position are the causal
 prediction of the token after it. Verification walks the draft from the fresh token along those
@@ -246,9 +246,9 @@ class _Round:
         return path, token
 
     def _next_draft(self, guesses: list[list[int]]) -> None:
-        """Lookup's candidates, the masks' guesses (when they follow the fresh token), then the
-        next-token table's chain, merged into one tree; each no longer than the room left after
-        the fresh token."""
+        """Lookup's candidates, the masks' branches (`guesses`: none before the first forward),
+        then the next-token table's chain, merged into one tree; each no longer than the room
+        left after the fresh token."""
         room = max(0, self.config.max_tokens - len(self.row.ids) - 1)
         seen = self.text_order + self.row.ids
         found = lookup_drafts(seen, min(self.config.lookup, room), self.config.lookup_candidates)
