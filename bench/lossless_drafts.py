@@ -38,9 +38,6 @@ def settings(args, multi: bool) -> dict[str, DecodeConfig]:
     for k in args.candidates:
         out[f"lossless, {k} candidates"] = DecodeConfig(engine="block", block_size=4, lossless=True,
                                                         lookup_candidates=k, **base)
-    for n in args.alternatives:
-        out[f"lossless, {n} mask alternatives"] = DecodeConfig(engine="block", block_size=4, lossless=True,
-                                                               mask_alternatives=n, **base)
     for n in args.ngram:
         out[f"lossless, table chain {n}"] = DecodeConfig(engine="block", block_size=4, lossless=True, ngram=n, **base)
     out["lossless, no lookup"] = DecodeConfig(engine="block", block_size=4, lossless=True, lookup=0, **base)
@@ -77,8 +74,6 @@ def main(argv=None) -> None:
     parser.add_argument("--candidates", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2, 3, 4])
     parser.add_argument("--ngram", type=lambda t: [int(x) for x in t.split(",")], default=[],
                         help="next-token table chain lengths to compare (0 = no table), e.g. 0,4,8")
-    parser.add_argument("--alternatives", type=lambda t: [int(x) for x in t.split(",")], default=[],
-                        help="numbers of mask alternative chains to compare, e.g. 1,2,3")
     parser.add_argument("--setting", action="append", default=[], metavar="'block OPTION=V ...'",
                         help="one more lossless setting with these options changed (repeatable)")
     parser.add_argument("--repo", type=int, default=0, help="repository middles (fim-bench's repo suite); 0 = none")
