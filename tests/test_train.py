@@ -255,6 +255,28 @@ def test_context_weight_zero_is_the_middle_only_loss_and_one_the_plain_loss(ar_r
     assert all("held_out_middle_loss" in h for h in history)
 
 
+def test_the_teacher_kl_term_is_zero_for_the_teacher_itself_and_the_kl_otherwise(ar_runs):
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from fim_server.train.recipe import Batches, batch_loss
+
+    root, first, _ = ar_runs
+    tok = PreTrainedTokenizerFast.from_pretrained(BUNDLED_TOKENIZER)
+    student = AutoModelForCausalLM.from_pretrained(first, dtype=torch.float32)
+    earlier = AutoModelForCausalLM.from_pretrained(root / "a" / "step-2", dtype=torch.float32)   # 1 step behind
+    cfg = TrainConfig(objective="block", seq_len=128, max_middle=16, batch=3, context_weight=0.3, ar_kl=0.5)
+    batch = Batches(tok, _sources(), cfg, seed=1).ar_batch(128)
+    _, ids, _, valid, _ = batch
+    with torch.no_grad():
+        plain = batch_loss(student, batch, cfg).item()
+        assert batch_loss(student, batch, cfg, teacher=student).item() == pytest.approx(plain, abs=1e-6)
+        p = torch.log_softmax(earlier(input_ids=ids, attention_mask=valid.long()).logits, -1)[valid]
+        q = torch.log_softmax(student(input_ids=ids, attention_mask=valid.long()).logits, -1)[valid]
+        kl = (p.exp() * (p - q)).sum(-1).mean().item()
+        assert kl > 0
+        assert batch_loss(student, batch, cfg, teacher=earlier).item() == pytest.approx(plain + 0.5 * kl, rel=1e-5)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--objective", "diffusion", "--context-mix", "256"], "--context-mix applies to --objective ar and block"),
     (["--objective", "ar", "--whole-lines", "1.5"], "--whole-lines and --word-cuts must lie in"),
@@ -262,6 +284,8 @@ def test_context_weight_zero_is_the_middle_only_loss_and_one_the_plain_loss(ar_r
     (["--objective", "diffusion", "--fim-order", "spm"], "--fim-order must be psm or spm"),
     (["--objective", "ar", "--fim-order", "sp"], "--fim-order must be psm or spm"),
     (["--objective", "ar", "--context-weight", "-1"], "--context-weight must not be negative"),
+    (["--objective", "ar", "--ar-kl", "1"], "--ar-kl needs --objective block, --distill-from"),
+    (["--objective", "block", "--ar-kl", "1", "--ar-fraction", "0.5"], "--ar-kl needs"),
 ])
 def test_train_refuses_options_it_cannot_honour(flags, message, monkeypatch):
     import argparse

@@ -69,6 +69,9 @@ class TrainConfig:
     certainty: float = option(0.0, "block: weight of the entropy penalty on masked slots already right")
     ar_fraction: float = option(0.0, "block: share of batches that are plain AR (next-token) batches")
     distill_from: str = option("", "block: an AR FIM model whose greedy middles become the targets")
+    ar_kl: float = option(0.0, "block with --distill-from: on the plain AR batches, weight of KL(teacher || student) "
+                          "over the next-token distributions (keeps the student's causal predictions, which the "
+                          "lossless mode outputs, near the teacher's)")
     bf16: bool = option(False, "bfloat16 autocast (CPUs with bf16 matrix units: AMX, avx512_bf16)")
     corpus: str = option("", "a package corpus fetched by `python -m fim_server.train.packages`")
     stdlib_share: float = option(0.0, "share of training windows from the standard library (0: by length, ~6% of the corpus)")
@@ -304,9 +307,10 @@ def build_model(cfg: TrainConfig, tok) -> torch.nn.Module:
 
 
 def loss_on(model, ids, labels, valid, objective: str, shifted: bool = False,
-            middle=None, context_weight: float = 1.0) -> torch.Tensor:
+            middle=None, context_weight: float = 1.0, teacher=None, kl: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy over the labelled positions; with `middle` ([B, T] bool, AR batches)
-    the other labelled positions (prefix and suffix) weigh `context_weight` each."""
+    the other labelled positions (prefix and suffix) weigh `context_weight` each. With a
+    `teacher` (AR batches), plus `kl` x KL(teacher || student) at the valid positions."""
     if objective == "diffusion":
         mask = valid[:, None, None, :].expand(-1, 1, ids.shape[1], -1)     # [B, 1, T, T] bidirectional
         logits = model(input_ids=ids, attention_mask=mask).logits
@@ -314,6 +318,14 @@ def loss_on(model, ids, labels, valid, objective: str, shifted: bool = False,
             logits, labels = logits[:, :-1], labels[:, 1:]
     else:
         logits = model(input_ids=ids, attention_mask=valid.long()).logits
+    loss = cross_entropy(logits, labels, middle, context_weight)
+    if teacher is not None and kl > 0:
+        loss = loss + kl * teacher_kl(logits, teacher, ids, valid)
+    return loss
+
+
+def cross_entropy(logits, labels, middle=None, context_weight: float = 1.0) -> torch.Tensor:
+    """logits [B, T, V], labels [B, T]; `middle` [B, T] bool: see loss_on."""
     if middle is None or context_weight == 1.0:
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
     per_token = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="none")
@@ -321,8 +333,19 @@ def loss_on(model, ids, labels, valid, objective: str, shifted: bool = False,
     return (per_token * weight).sum() / weight.sum().clamp_min(1e-9)
 
 
-def batch_loss(model, batch: tuple, cfg: TrainConfig, context_weight: float | None = None) -> torch.Tensor:
-    """The training loss of one batch; `context_weight` overrides the config's (held-out losses)."""
+def teacher_kl(logits, teacher, ids, valid) -> torch.Tensor:
+    """Mean over valid positions of KL(teacher || student) between next-token distributions:
+    logits [B, T, V] (the student's, same causal prompt as the teacher's)."""
+    with torch.no_grad():
+        target = F.log_softmax(teacher(input_ids=ids, attention_mask=valid.long()).logits.float(), dim=-1)
+    per_position = F.kl_div(F.log_softmax(logits.float(), dim=-1), target, log_target=True, reduction="none").sum(-1)
+    return per_position[valid].mean()
+
+
+def batch_loss(model, batch: tuple, cfg: TrainConfig, context_weight: float | None = None,
+               teacher=None) -> torch.Tensor:
+    """The training loss of one batch; `context_weight` overrides the config's (held-out losses);
+    `teacher` (an AR model) adds cfg.ar_kl x its KL term to AR batches."""
     kind, *tensors = batch
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16 and tensors[0].device.type == "cpu"):
         if kind == "block":
@@ -330,7 +353,8 @@ def batch_loss(model, batch: tuple, cfg: TrainConfig, context_weight: float | No
         if kind == "ar":
             ids, labels, valid, middle = tensors
             weight = cfg.context_weight if context_weight is None else context_weight
-            return loss_on(model, ids, labels, valid, kind, middle=middle, context_weight=weight)
+            return loss_on(model, ids, labels, valid, kind, middle=middle, context_weight=weight,
+                           teacher=teacher, kl=cfg.ar_kl)
         return loss_on(model, *tensors, kind, cfg.shifted)
 
 
@@ -427,6 +451,9 @@ def train(cfg: TrainConfig) -> Path:
         from fim_server.engine import load_engine
 
         teacher = load_engine("ar", cfg.distill_from, device=str(dev), dtype="float32")
+        if cfg.ar_kl and teacher.lm.family.fim_order != cfg.fim_order:
+            raise SystemExit(f"--ar-kl compares next-token predictions on the same prompt: the teacher reads "
+                             f"{teacher.lm.family.fim_order}, the student is trained in {cfg.fim_order}")
     batches = Batches(tok, train_src, cfg, cfg.seed + start, teacher)
     held = Batches(tok, held_src, replace(cfg, context_mix=""), 12345, teacher)   # full-length, as every stage
     held_batches = [to_device(held.next(), dev) for _ in range(4)]
@@ -438,7 +465,7 @@ def train(cfg: TrainConfig) -> Path:
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        loss = batch_loss(model, to_device(batches.next(), dev), cfg)
+        loss = batch_loss(model, to_device(batches.next(), dev), cfg, teacher=teacher.model if teacher else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -505,6 +532,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("--fim-order must be psm or spm, and spm applies to --objective ar and block only")
     if cfg.context_mix and cfg.objective == "diffusion":
         raise SystemExit("--context-mix applies to --objective ar and block only")
+    if cfg.ar_kl and not (cfg.objective == "block" and cfg.distill_from and cfg.ar_fraction > 0):
+        raise SystemExit("--ar-kl needs --objective block, --distill-from (the teacher) and --ar-fraction > 0")
     if not 0.0 <= cfg.whole_lines <= 1.0 or not 0.0 <= cfg.word_cuts <= 1.0 or cfg.context_weight < 0:
         raise SystemExit("--whole-lines and --word-cuts must lie in [0, 1] and --context-weight must not be negative")
     path = train(cfg)
