@@ -78,7 +78,7 @@ def test_block_twin_trains_from_the_ar_snapshot_with_distillation_and_decodes(ar
     snapshot = tmp_path / "ar-fp16"
     export(root / "a" / "step-2", snapshot)                 # float16, as the bundled twins are shipped
     final = train(TrainConfig(objective="block", out=str(tmp_path / "blk"), init_from=str(snapshot),
-                              distill_from=str(snapshot), block_size=4, certainty=0.1, ar_fraction=0.5,
+                              distill_from=str(snapshot), block_size=4, certainty=0.1, ar_fraction=0.5, ar_kl=0.5,
                               **{**TINY, "steps": 2}))
     before, after = weights(snapshot), weights(final)
     assert before.keys() == after.keys() and not same({k: v.float() for k, v in before.items()}, after)
